@@ -1,0 +1,1 @@
+"""The sector-reader core: byte sources (local, HTTPS, cached), VMDK disks and partitions."""

@@ -1,0 +1,157 @@
+"""A block cache with sequential readahead and a hard memory bound, over any byte source.
+
+Put it over a source where a round trip costs (a datastore over HTTPS) or where parsers reread
+the same metadata (MFT records, grain tables).  All readers of the source share it:
+
+- fixed-size blocks in an LRU bounded in bytes;
+- readahead per sequential stream: a read that continues where an earlier one ended grows that
+  stream's window (doubling up to ``max_readahead``) and the blocks ahead are fetched in the same
+  request to the source, so a backup reading a file start to end makes few, large requests;
+- single flight: readers that miss the same block at once wait for one fetch, not one each;
+- a read much larger than the cache goes straight to the source instead of flushing it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+
+from vcbfs.blocks.lru import LRU
+from vcbfs.blocks.source import ByteSource, Span
+
+__all__ = ["CachedSource"]
+
+MAX_STREAMS = 32
+
+
+class _Fetch:
+    """One request to the source in progress; waiters block on ``done``."""
+
+    __slots__ = ("done",)
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+
+
+class CachedSource(ByteSource):
+    """``base`` seen through a shared, bounded block cache with readahead."""
+
+    def __init__(
+        self,
+        base: ByteSource,
+        block_size: int = 128 * 1024,
+        capacity: int = 64 << 20,
+        max_readahead: int = 4 << 20,
+    ):
+        if block_size <= 0 or capacity < block_size:
+            raise ValueError("cache capacity must hold at least one block")
+        self.base = base
+        self.name = base.name
+        self.size = base.size
+        self.block_size = block_size
+        self.max_window = max(1, max_readahead // block_size)
+        self._blocks: LRU[int, bytes] = LRU(capacity, len)
+        self._lock = threading.Lock()
+        self._inflight: dict[int, _Fetch] = {}
+        # next expected block of each sequential stream -> its current window, in blocks
+        self._streams: OrderedDict[int, int] = OrderedDict()
+        self.requests = 0  # reads sent to the base, for tests and benchmarks
+
+    def _read(self, offset: int, n: int) -> bytes:
+        bs = self.block_size
+        if n >= self._blocks.capacity // 2:
+            self._count()
+            return self.base.read_at(offset, n)
+        first, last = offset // bs, (offset + n - 1) // bs
+        blocks = self._get_blocks(first, last)
+        if len(blocks) == 1:
+            start = offset - first * bs
+            return blocks[0][start : start + n]
+        data = b"".join(blocks)
+        start = offset - first * bs
+        return data[start : start + n]
+
+    def _window(self, first: int, last: int) -> int:
+        """Readahead in blocks for a read of ``first..last``; updates the stream table."""
+        with self._lock:
+            window = self._streams.pop(first, None)
+            if window is None:
+                window = self._streams.pop(first + 1, None)  # a read that ended mid-block
+            window = 0 if window is None else min(max(1, window * 2), self.max_window)
+            self._streams[last + 1] = window
+            while len(self._streams) > MAX_STREAMS:
+                self._streams.popitem(last=False)
+        return window
+
+    def _get_blocks(self, first: int, last: int) -> list[bytes]:
+        window = self._window(first, last)
+        nblocks = -(-self.size // self.block_size)
+        ahead_end = min(nblocks - 1, last + window)
+        got: dict[int, bytes] = {}
+        waits: list[tuple[int, _Fetch]] = []
+        missing: list[int] = []
+        with self._lock:
+            for i in range(first, last + 1):
+                block = self._blocks.get(i)
+                if block is not None:
+                    got[i] = block
+                elif i in self._inflight:
+                    waits.append((i, self._inflight[i]))
+                else:
+                    missing.append(i)
+            # Read ahead only from a miss at the stream's edge: inside an earlier window the
+            # blocks are there already, and past it the next miss fetches the next window.
+            if missing and missing[-1] == last:
+                i = last + 1
+                while i <= ahead_end and i not in self._inflight and i not in self._blocks:
+                    missing.append(i)
+                    i += 1
+            mine: list[tuple[int, int, _Fetch]] = []
+            for i in missing:
+                if mine and mine[-1][1] == i - 1:
+                    a, _, fetch = mine[-1]
+                    mine[-1] = (a, i, fetch)
+                else:
+                    mine.append((i, i, _Fetch()))
+                self._inflight[i] = mine[-1][2]
+        try:
+            for a, b, _fetch in mine:
+                self._fetch(a, b, got, last)
+        finally:  # wake every waiter, also when a fetch failed: they then read for themselves
+            with self._lock:
+                for a, b, _fetch in mine:
+                    for j in range(a, b + 1):
+                        self._inflight.pop(j, None)
+            for _a, _b, fetch in mine:
+                fetch.done.set()
+        for i, fetch in waits:
+            fetch.done.wait()
+            block = self._blocks.get(i)
+            if block is None:  # the fetch failed or the block was already evicted: read it
+                self._count()
+                block = self.base.read_at(i * self.block_size, self.block_size)
+            got[i] = block
+        return [got[i] for i in range(first, last + 1)]
+
+    def _fetch(self, a: int, b: int, got: dict[int, bytes], last: int) -> None:
+        """Read blocks ``a..b`` in one request; cache them all, keep the wanted ones."""
+        bs = self.block_size
+        self._count()
+        data = self.base.read_at(a * bs, (b - a + 1) * bs)
+        for i in range(a, b + 1):
+            block = data[(i - a) * bs : (i - a + 1) * bs]
+            self._blocks.put(i, block)
+            if i <= last:
+                got[i] = block
+
+    def _count(self) -> None:
+        with self._lock:
+            self.requests += 1
+
+    def spans(self, offset: int = 0, length: int | None = None) -> Iterator[Span]:
+        return self.base.spans(offset, length)
+
+    def close(self) -> None:
+        self._blocks.clear()
+        self.base.close()

@@ -1,0 +1,112 @@
+"""Local files and block devices as byte sources (``pread``), and their locations.
+
+This is the SAN/NFS route of VCB: a datastore mounted on the proxy, or any image file.  Holes in
+sparse local files are reported through ``SEEK_DATA``/``SEEK_HOLE`` where the file system has them.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from vcbfs.blocks.source import ByteSource, Location, Span
+from vcbfs.errors import AccessDeniedError, NotFoundError, ReadError
+
+__all__ = ["LocalLocation", "LocalSource", "open_local"]
+
+
+def _os_error(exc: OSError, path: str) -> Exception:
+    if exc.errno == errno.ENOENT:
+        return NotFoundError("no such file", source=path)
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return AccessDeniedError("permission denied", source=path)
+    return ReadError(exc.strerror or str(exc), source=path)
+
+
+class LocalSource(ByteSource):
+    """A local file or block device read with ``pread``; the size is fixed at open."""
+
+    def __init__(self, path: str | os.PathLike[str]):
+        self.name = os.fspath(path)
+        try:
+            self._fd = os.open(self.name, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise _os_error(exc, self.name) from None
+        try:
+            if os.path.isdir(self.name):
+                raise ReadError("is a directory, not a disk file", source=self.name)
+            self.size = os.lseek(self._fd, 0, os.SEEK_END)
+        except BaseException:
+            os.close(self._fd)
+            raise
+
+    def _read(self, offset: int, n: int) -> bytes:
+        try:
+            data = os.pread(self._fd, n, offset)
+            if len(data) == n:
+                return data
+            parts = [data]
+            got = len(data)
+            while got < n:
+                more = os.pread(self._fd, n - got, offset + got)
+                if not more:
+                    break
+                parts.append(more)
+                got += len(more)
+            return b"".join(parts)
+        except OSError as exc:
+            raise ReadError(exc.strerror or str(exc), source=self.name, offset=offset) from None
+
+    def spans(self, offset: int = 0, length: int | None = None) -> Iterator[Span]:
+        start, end = self._clip(offset, length)
+        pos = start
+        while pos < end:
+            try:
+                data = os.lseek(self._fd, pos, os.SEEK_DATA)
+            except OSError as exc:
+                if exc.errno == errno.ENXIO:  # no data after pos: the rest is a hole
+                    data = end
+                elif exc.errno == errno.EINVAL:  # no SEEK_DATA here (a device, old fs)
+                    yield Span(pos, end - pos, True)
+                    return
+                else:
+                    raise ReadError(
+                        exc.strerror or str(exc), source=self.name, offset=pos
+                    ) from None
+            data = min(data, end)
+            if data > pos:
+                yield Span(pos, data - pos, False)
+            if data >= end:
+                return
+            try:
+                hole = min(os.lseek(self._fd, data, os.SEEK_HOLE), end)
+            except OSError:
+                hole = end
+            yield Span(data, hole - data, True)
+            pos = hole
+
+    def close(self) -> None:
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+
+class LocalLocation(Location):
+    """A path on this machine; siblings resolve against its directory."""
+
+    def __init__(self, path: str | os.PathLike[str]):
+        self.path = Path(path)
+        self.name = os.fspath(path)
+
+    def open(self) -> ByteSource:
+        return LocalSource(self.path)
+
+    def sibling(self, name: str) -> Location:
+        return LocalLocation(self.path.parent / name)
+
+
+def open_local(path: str | os.PathLike[str]) -> LocalSource:
+    """Open a local file as a byte source."""
+    return LocalSource(path)

@@ -1,0 +1,1 @@
+"""The ``vcbfs`` command line: one module per verb group, dispatched from ``main``."""

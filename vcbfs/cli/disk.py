@@ -1,0 +1,202 @@
+"""``vcbfs disk``: look at a virtual disk without mounting it (like qemu-img info / virt-cat).
+
+``disk info`` shows the delta chain, the extents, the capacity and the partitions; ``disk cat``
+writes the raw bytes of the disk or of one partition to standard output.  When standard output
+is a regular file, holes are skipped with ``lseek`` so the copy stays sparse.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import stat
+import sys
+from typing import Any
+
+from vcbfs.blocks.partitions import PartitionTable, read_partitions
+from vcbfs.blocks.source import ByteSource
+from vcbfs.blocks.vmdk.disk import VirtualDisk, open_disk
+from vcbfs.cli.common import add_location_options, location_from_args
+from vcbfs.errors import NotFoundError
+
+__all__ = ["register"]
+
+CHUNK = 4 << 20
+
+
+def register(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    disk = verbs.add_parser("disk", help="inspect a virtual disk (VMDK or raw image)")
+    sub = disk.add_subparsers(dest="disk_verb", metavar="COMMAND", required=True)
+
+    info = sub.add_parser("info", help="chain, extents, capacity and partitions of a disk")
+    info.add_argument("path", metavar="PATH", help="a .vmdk, a raw image, or an https URL")
+    info.add_argument("--json", action="store_true", help="print JSON")
+    add_location_options(info)
+    info.set_defaults(run=run_info)
+
+    cat = sub.add_parser("cat", help="write the raw bytes of a disk or a partition to stdout")
+    cat.add_argument("path", metavar="PATH", help="a .vmdk, a raw image, or an https URL")
+    cat.add_argument("--partition", type=int, metavar="N", help="only partition N")
+    add_location_options(cat)
+    cat.set_defaults(run=run_cat)
+
+
+def run_info(args: argparse.Namespace) -> int:
+    with open_disk(location_from_args(args.path, args)) as disk:
+        assert isinstance(disk, VirtualDisk)
+        table = read_partitions(disk)
+        info = disk.describe()
+        info["partitions"] = _table_info(table)
+        if args.json:
+            json.dump(info, sys.stdout, indent=2)
+            sys.stdout.write("\n")
+        else:
+            sys.stdout.write(format_info(info))
+    return 0
+
+
+def run_cat(args: argparse.Namespace) -> int:
+    with open_disk(location_from_args(args.path, args)) as disk:
+        source: ByteSource = disk
+        if args.partition is not None:
+            table = read_partitions(disk)
+            matches = [p for p in table.partitions if p.number == args.partition]
+            if not matches:
+                numbers = ", ".join(str(p.number) for p in table.partitions) or "none"
+                raise NotFoundError(
+                    f"no partition {args.partition} (partitions: {numbers})", source=disk.name
+                )
+            source = matches[0].source(disk)
+        sys.stdout.flush()
+        copy_to_fd(source, sys.stdout.fileno())
+    return 0
+
+
+def copy_to_fd(source: ByteSource, fd: int) -> int:
+    """Write all of ``source`` to ``fd``; seek over holes when ``fd`` is a regular file."""
+    sparse = _is_regular_file(fd)
+    base = os.lseek(fd, 0, os.SEEK_CUR) if sparse else 0
+    zeros = bytes(CHUNK)
+    written = 0
+    for span in source.spans():
+        pos, end = span.offset, span.end
+        if not span.allocated and sparse:
+            os.lseek(fd, base + end, os.SEEK_SET)
+            written += span.length
+            continue
+        while pos < end:
+            n = min(CHUNK - pos % CHUNK, end - pos)
+            data = source.read_at(pos, n) if span.allocated else zeros[:n]
+            _write_all(fd, data)
+            pos += n
+            written += n
+    if sparse:
+        os.ftruncate(fd, base + written)
+    return written
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        done = os.write(fd, view)
+        view = view[done:]
+
+
+def _is_regular_file(fd: int) -> bool:
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return False
+    if not stat.S_ISREG(st.st_mode):
+        return False
+    try:
+        os.lseek(fd, 0, os.SEEK_CUR)
+    except OSError:
+        return False
+    return True
+
+
+def _table_info(table: PartitionTable) -> dict[str, Any]:
+    info: dict[str, Any] = {"scheme": table.scheme}
+    if table.mbr_signature is not None:
+        info["mbr_signature"] = f"0x{table.mbr_signature:08x}"
+    if table.disk_guid is not None:
+        info["disk_guid"] = str(table.disk_guid)
+    info["entries"] = [
+        {
+            "number": p.number,
+            "start": p.start,
+            "size": p.size,
+            "type": p.type,
+            "type_name": p.type_name,
+            **({"guid": str(p.guid)} if p.guid else {}),
+            **({"name": p.name} if p.name else {}),
+            **({"bootable": True} if p.bootable else {}),
+            **({"logical": True} if p.logical else {}),
+            **({"unsupported": p.reason} if not p.supported else {}),
+        }
+        for p in table.partitions
+    ]
+    if table.notes:
+        info["notes"] = list(table.notes)
+    return info
+
+
+def human(n: int) -> str:
+    """Bytes as a short binary size: 512 B, 64.0 MiB."""
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{n} B" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def format_info(info: dict[str, Any]) -> str:
+    """The human view of ``disk info``."""
+    out = [info["file"]]
+    chain = info["chain"]
+    depth = f" (chain of {len(chain)})" if len(chain) > 1 else ""
+    out.append(f"  format     {info['format']}{depth}")
+    out.append(f"  capacity   {human(info['capacity'])} ({info['capacity']} bytes)")
+    out.append("  chain")
+    for i, layer in enumerate(chain):
+        line = f"    {i}  {layer['file']}  {layer['format']}"
+        if layer.get("cid"):
+            line += f"  CID {layer['cid']}"
+        if layer.get("parent"):
+            line += f"  parent {layer['parent']} (CID {layer.get('parent_cid', '?')})"
+        out.append(line)
+        for ext in layer["extents"]:
+            extra = ""
+            if "grain_size" in ext:
+                extra += f"  grain {human(ext['grain_size'])}"
+            if ext.get("compressed"):
+                extra += f"  {ext['compressed']}-compressed"
+            if ext.get("offset"):
+                extra += f"  at {ext['offset']}"
+            if ext.get("unreadable"):
+                extra += f"  UNREADABLE: {ext['unreadable']}"
+            out.append(f"       {ext['type']:<10} {human(ext['size']):>10}  {ext['file']}{extra}")
+    parts = info["partitions"]
+    head = f"  partitions ({parts['scheme']}"
+    if "mbr_signature" in parts:
+        head += f", disk signature {parts['mbr_signature']}"
+    if "disk_guid" in parts:
+        head += f", disk GUID {parts['disk_guid']}"
+    out.append(head + ")")
+    for p in parts["entries"]:
+        line = (
+            f"    {p['number']:>3}  start {p['start']:>14}  size {human(p['size']):>10}"
+            f"  {p['type']}  {p['type_name']}"
+        )
+        for key in ("name", "guid"):
+            if p.get(key):
+                line += f"  {key} {p[key]}"
+        if p.get("unsupported"):
+            line += f"  UNSUPPORTED: {p['unsupported']}"
+        out.append(line)
+    for note in parts.get("notes", []):
+        out.append(f"  note: {note}")
+    return "\n".join(out) + "\n"

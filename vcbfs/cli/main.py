@@ -1,0 +1,70 @@
+"""The ``vcbfs`` entry point: parse the verb, run it, turn errors into one clear line.
+
+Every failure a user can cause or meet (a missing file, a corrupt disk, a refused server) is a
+VcbfsError and prints as ``vcbfs: <file>: at offset 0x..: <what was wrong>`` with a non-zero exit;
+``--debug`` adds the traceback.  Anything else is a bug and always shows its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from vcbfs import __version__
+from vcbfs.cli import disk
+from vcbfs.errors import VcbfsError
+
+__all__ = ["main"]
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vcbfs",
+        description="File-level backup of VMware virtual machines, as a read-only file system.",
+    )
+    parser.add_argument("--version", action="version", version=f"vcbfs {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    verbs = parser.add_subparsers(dest="verb", metavar="COMMAND", required=True)
+    disk.register(verbs)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.WARNING,
+        format="vcbfs: %(levelname)s: %(message)s",
+    )
+    try:
+        return int(args.run(args) or 0)
+    except VcbfsError as exc:
+        if args.debug:
+            logging.exception("failed")
+        print(f"vcbfs: {exc.describe()}", file=sys.stderr)
+        return EXIT_ERROR
+    except BrokenPipeError:
+        # The reader went away (`vcbfs disk cat | head`): not an error of ours.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 128 + 2
+    except OSError as exc:
+        if args.debug:
+            logging.exception("failed")
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"vcbfs: {where}{exc.strerror or errno.errorcode.get(exc.errno or 0, exc)}",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

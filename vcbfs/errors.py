@@ -1,0 +1,88 @@
+"""Typed errors for every layer of vcbfs.
+
+Each class also subclasses the builtin it resembles, so callers that only know Python's own
+exceptions (``except FileNotFoundError``) still work, and carries exactly one errno, so the FUSE
+layer can map any of them to a reply without a table of special cases.  Messages name the thing
+that was wrong and where: the file (or URL) and, for on-disk structures, the byte offset.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+from typing import ClassVar
+
+__all__ = [
+    "AccessDeniedError",
+    "ChainError",
+    "CorruptError",
+    "NotFoundError",
+    "OutOfRangeError",
+    "ReadError",
+    "UnsupportedError",
+    "VcbfsError",
+]
+
+
+class VcbfsError(Exception):
+    """Base of all vcbfs errors: a message, the source it concerns and, if known, an offset."""
+
+    errno: ClassVar[int] = _errno.EIO
+
+    def __init__(self, message: str, *, source: str | None = None, offset: int | None = None):
+        self.message = message
+        self.source = source
+        self.offset = offset
+        super().__init__(self.describe())
+
+    def describe(self) -> str:
+        """One line: ``source: at offset 0x..: message``, leaving out what is unknown."""
+        parts = []
+        if self.source:
+            parts.append(str(self.source))
+        if self.offset is not None:
+            parts.append(f"at offset {self.offset:#x}")
+        parts.append(self.message)
+        return ": ".join(parts)
+
+    def __str__(self) -> str:
+        return self.describe()
+
+
+class CorruptError(VcbfsError, ValueError):
+    """An on-disk structure is malformed, truncated or points outside its file."""
+
+    errno = _errno.EIO
+
+
+class ChainError(CorruptError):
+    """A delta chain is inconsistent: a CID mismatch, a cycle, a missing or too deep parent."""
+
+
+class UnsupportedError(VcbfsError, NotImplementedError):
+    """A valid structure that vcbfs recognises but cannot read (RDM, LDM, an unknown extent)."""
+
+    errno = _errno.EOPNOTSUPP
+
+
+class NotFoundError(VcbfsError, FileNotFoundError):
+    """A file, URL, partition or path that does not exist."""
+
+    errno = _errno.ENOENT
+
+
+class AccessDeniedError(VcbfsError, PermissionError):
+    """The server or the file system refused access (HTTP 401/403, EACCES)."""
+
+    errno = _errno.EACCES
+
+
+class ReadError(VcbfsError, OSError):
+    """Reading the bytes failed: I/O error, lost connection after retries, short file."""
+
+    errno = _errno.EIO
+
+
+class OutOfRangeError(VcbfsError, ValueError):
+    """A caller asked for bytes outside a source (a negative offset or length)."""
+
+    errno = _errno.EINVAL
