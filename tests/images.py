@@ -104,8 +104,13 @@ def build_vmdk_images(root: Path) -> dict[str, Path]:
     base = root / "base.raw"
     _random_disk(base, BASE_SIZE, seed=1)
 
-    for kind in ("monolithicSparse", "monolithicFlat", "twoGbMaxExtentSparse",
-                 "twoGbMaxExtentFlat", "streamOptimized"):  # fmt: skip
+    for kind in (
+        "monolithicSparse",
+        "monolithicFlat",
+        "twoGbMaxExtentSparse",
+        "twoGbMaxExtentFlat",
+        "streamOptimized",
+    ):
         (root / kind).mkdir()
         run("qemu-img", "convert", "-O", "vmdk", "-o", f"subformat={kind}", base, tops[kind])
 
@@ -123,8 +128,16 @@ def build_vmdk_images(root: Path) -> dict[str, Path]:
     blob = base.read_bytes()
     (d / "part-a.bin").write_bytes(b"\xee" * 1024 + blob[:a])  # data starts 2 sectors in
     (d / "part-s.raw").write_bytes(blob[a:])
-    run("qemu-img", "convert", "-O", "vmdk", "-o", "subformat=monolithicSparse",
-        d / "part-s.raw", d / "part-s.vmdk")  # fmt: skip
+    run(
+        "qemu-img",
+        "convert",
+        "-O",
+        "vmdk",
+        "-o",
+        "subformat=monolithicSparse",
+        d / "part-s.raw",
+        d / "part-s.vmdk",
+    )
     (d / "part-s.raw").unlink()
     _write_descriptor(
         tops["mixed-extents"],
@@ -136,19 +149,46 @@ def build_vmdk_images(root: Path) -> dict[str, Path]:
     )
 
     # Hosted snapshot chains (what Workstation and qemu make): base <- s1 <- disk.
-    for kind, base_fmt in (("chain-sparse", "monolithicSparse"), ("chain-flat-base", "monolithicFlat")):
+    for kind, base_fmt in (
+        ("chain-sparse", "monolithicSparse"),
+        ("chain-flat-base", "monolithicFlat"),
+    ):
         d = root / kind
         d.mkdir()
-        run("qemu-img", "convert", "-O", "vmdk", "-o", f"subformat={base_fmt}", base,
-            d / "base.vmdk")  # fmt: skip
-        run("qemu-img", "create", "-q", "-f", "vmdk", "-b", "base.vmdk", "-F", "vmdk",
-            d / "s1.vmdk")  # fmt: skip
-        run("qemu-io", "-c", "write -P 0xab 1M 3M", "-c", "write -P 0x5a 6000k 8k",
-            "-c", f"write -P 0x77 {BASE_SIZE - 512 * 3} 1536", d / "s1.vmdk")  # fmt: skip
-        run("qemu-img", "create", "-q", "-f", "vmdk", "-b", "s1.vmdk", "-F", "vmdk",
-            tops[kind])  # fmt: skip
-        run("qemu-io", "-c", "write -P 0xcd 2M 64k", "-c", "write -z 30M 1M",
-            "-c", "write -P 0x11 5M 2M", tops[kind])  # fmt: skip
+        run(
+            "qemu-img",
+            "convert",
+            "-O",
+            "vmdk",
+            "-o",
+            f"subformat={base_fmt}",
+            base,
+            d / "base.vmdk",
+        )
+        run(
+            "qemu-img", "create", "-q", "-f", "vmdk", "-b", "base.vmdk", "-F", "vmdk", d / "s1.vmdk"
+        )
+        run(
+            "qemu-io",
+            "-c",
+            "write -P 0xab 1M 3M",
+            "-c",
+            "write -P 0x5a 6000k 8k",
+            "-c",
+            f"write -P 0x77 {BASE_SIZE - 512 * 3} 1536",
+            d / "s1.vmdk",
+        )
+        run("qemu-img", "create", "-q", "-f", "vmdk", "-b", "s1.vmdk", "-F", "vmdk", tops[kind])
+        run(
+            "qemu-io",
+            "-c",
+            "write -P 0xcd 2M 64k",
+            "-c",
+            "write -z 30M 1M",
+            "-c",
+            "write -P 0x11 5M 2M",
+            tops[kind],
+        )
 
     # Past 2 GiB: several extent files, mostly holes (sparse on the host too).
     big = root / "big.raw"
@@ -158,13 +198,15 @@ def build_vmdk_images(root: Path) -> dict[str, Path]:
         for at in (0, 2 * 1024 * MIB - 4096, 3 * 1024 * MIB + 12345 * 512, BIG_SIZE - MIB):
             f.seek(at)
             f.write(rng.randbytes(MIB))
-    for kind, sub in (("big-split-sparse", "twoGbMaxExtentSparse"),
-                      ("big-split-flat", "twoGbMaxExtentFlat")):  # fmt: skip
+    for kind, sub in (
+        ("big-split-sparse", "twoGbMaxExtentSparse"),
+        ("big-split-flat", "twoGbMaxExtentFlat"),
+    ):
         (root / kind).mkdir()
         run("qemu-img", "convert", "-O", "vmdk", "-o", f"subformat={sub}", big, tops[kind])
     big.unlink()
 
-    for kind, top in tops.items():
+    for top in tops.values():
         qemu_raw(top, top.parent / "ref.raw")
     done.touch()
     return tops

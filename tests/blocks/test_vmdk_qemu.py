@@ -33,7 +33,9 @@ def test_disk_cat_equals_qemu(kind: str, vmdk_images: dict[str, Path], tmp_path:
     top = vmdk_images[kind]
     out = tmp_path / "out.raw"
     with out.open("wb") as f:
-        subprocess.run([sys.executable, "-m", "vcbfs", "disk", "cat", str(top)], stdout=f, check=True)
+        subprocess.run(
+            [sys.executable, "-m", "vcbfs", "disk", "cat", str(top)], stdout=f, check=True
+        )
     assert _same_files(out, top.parent / "ref.raw")
 
 

@@ -18,9 +18,9 @@ from collections import OrderedDict
 from collections.abc import Iterator
 
 from vcbfs.blocks.lru import LRU
-from vcbfs.blocks.source import ByteSource, Span
+from vcbfs.blocks.source import ByteSource, Location, Span
 
-__all__ = ["CachedSource"]
+__all__ = ["CachedLocation", "CachedSource"]
 
 MAX_STREAMS = 32
 
@@ -155,3 +155,18 @@ class CachedSource(ByteSource):
     def close(self) -> None:
         self._blocks.clear()
         self.base.close()
+
+
+class CachedLocation(Location):
+    """A location whose files (and their siblings') open behind a CachedSource."""
+
+    def __init__(self, inner: Location, **cache_options: int):
+        self.inner = inner
+        self.name = inner.name
+        self._options = cache_options
+
+    def open(self) -> ByteSource:
+        return CachedSource(self.inner.open(), **self._options)
+
+    def sibling(self, name: str) -> Location:
+        return CachedLocation(self.inner.sibling(name), **self._options)

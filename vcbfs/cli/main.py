@@ -61,8 +61,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             logging.exception("failed")
         where = f"{exc.filename}: " if exc.filename else ""
-        print(f"vcbfs: {where}{exc.strerror or errno.errorcode.get(exc.errno or 0, exc)}",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"vcbfs: {where}{exc.strerror or errno.errorcode.get(exc.errno or 0, exc)}",
+            file=sys.stderr,
+        )
         return EXIT_ERROR
 
 

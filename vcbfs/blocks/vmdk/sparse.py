@@ -142,15 +142,19 @@ def _validate(h: SparseHeader, file: ByteSource) -> None:
 
 
 def read_embedded_descriptor(file: ByteSource, header: SparseHeader) -> bytes | None:
-    """The descriptor text a monolithicSparse/streamOptimized file carries, if any."""
+    """The descriptor text a monolithicSparse/streamOptimized file carries, if any.
+
+    Extents of split disks reserve room for one but leave it empty: that is no descriptor.
+    """
     if not header.descriptor_offset or not header.descriptor_sectors:
         return None
-    return read_exact(
+    text = read_exact(
         file,
         header.descriptor_offset * SECTOR,
         header.descriptor_sectors * SECTOR,
         "embedded descriptor",
     )
+    return text if text.strip(b"\0 \t\r\n") else None
 
 
 class SparseExtent(GrainExtent):

@@ -1,0 +1,664 @@
+"""Benchmarks of vcbfs against independent readers, run side by side on one machine.
+
+    scripts/bench disk [--size-mib N] [--repeat N] [--only KIND[,KIND]]
+
+``disk`` reads whole virtual disks into a file, with ``vcbfs disk cat IMG > out.raw``, with
+``qemu-img convert -O raw IMG out.raw``, and with libvmdk's ``vmdkmount`` (mount, ``cat
+mnt/vmdkN > out.raw`` for the leaf N of the chain, unmount) where it supports the format.  The
+images are built once and cached under ``$VCBFS_BENCH_DIR`` (default /var/tmp/vcbfs-bench) in a
+directory named by a hash of the recipe: a raw disk of random data with zero regions (about 20 %
+of it, from 4 KiB to 16 MiB long), and from it with qemu-img a monolithicFlat, a monolithicSparse
+and a streamOptimized VMDK, plus a hosted delta over the monolithicSparse one holding scattered
+``qemu-io`` writes.
+
+Every time is the wall time of the whole command (process start-up, and for vmdkmount the mount
+and unmount, included), with the page cache dropped before each run where the machine allows it;
+runs of the tools are interleaved, repeated N times, and the table shows the best.  Outputs go to
+one directory beside the images and are deleted after each run.  Once per image, before timing,
+each tool's output is compared with qemu-img's; a mismatch prints a FAIL line.  Timing never
+fails the run: targets are printed as PASS or "below".
+
+Other benchmarks (``ntfs``, ``mount``) are further subcommands: a ``register_*`` function adds a
+parser whose ``run`` takes the parsed arguments, and uses the shared helpers below (``Bench`` for
+timing with cold caches, ``cached_build``, ``print_header``, ``print_table``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import platform
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+MB = 1_000_000  # throughput is in decimal megabytes per second
+MIB = 1 << 20
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared helpers
+
+
+def log(msg: str) -> None:
+    """Progress goes to stderr; results go to stdout."""
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+def bench_dir() -> Path:
+    path = Path(os.environ.get("VCBFS_BENCH_DIR") or "/var/tmp/vcbfs-bench")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def vcbfs_command() -> str:
+    local = ROOT / ".venv" / "bin" / "vcbfs"
+    found = str(local) if local.exists() else shutil.which("vcbfs")
+    if not found:
+        sys.exit("bench: no vcbfs (run scripts/setup)")
+    return found
+
+
+def need_tools(*names: str) -> None:
+    missing = [n for n in names if shutil.which(n) is None]
+    if missing:
+        sys.exit(f"bench: missing {', '.join(missing)} (run scripts/setup)")
+
+
+class CommandError(RuntimeError):
+    """A command that had to succeed failed; ``said`` is the last line of its stderr."""
+
+    def __init__(self, cmd: Sequence[str], code: int, stderr: str):
+        super().__init__(f"{' '.join(cmd)}: exit {code}: {stderr}")
+        lines = stderr.splitlines()
+        self.said = lines[-1] if lines else f"exit {code}"
+
+
+def run(cmd: Sequence[str | Path], **kwargs: object) -> subprocess.CompletedProcess[bytes]:
+    """Run a command that must succeed; on failure raise CommandError with what it said."""
+    kwargs.setdefault("stdout", subprocess.PIPE)
+    kwargs.setdefault("stderr", subprocess.PIPE)
+    argv = [str(c) for c in cmd]
+    proc = subprocess.run(argv, check=False, **kwargs)  # type: ignore[call-overload]
+    if proc.returncode != 0:
+        raise CommandError(argv, proc.returncode, (proc.stderr or b"").decode(errors="replace"))
+    return proc
+
+
+def drop_caches() -> bool:
+    """Write back dirty pages and drop the page cache; False where the machine does not let us."""
+    os.sync()
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+    except OSError:
+        return False
+    return True
+
+
+def cached_build(name: str, recipe: dict[str, object], build: Callable[[Path], None]) -> Path:
+    """The directory ``build`` fills for ``recipe``, built once and reused while it is complete.
+
+    Builds go to a temporary directory renamed into place at the end, so an interrupted build
+    is never mistaken for a finished one.
+    """
+    key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
+    final = bench_dir() / f"{name}-{key}"
+    if (final / ".complete").exists():
+        log(f"reusing {final}")
+        return final
+    tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.mkdir()
+    log(f"building {final} (once; later runs reuse it)")
+    start = time.perf_counter()
+    try:
+        build(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    (tmp / "recipe.json").write_text(json.dumps(recipe, indent=2, sort_keys=True) + "\n")
+    (tmp / ".complete").touch()
+    tmp.rename(final)
+    log(f"built in {time.perf_counter() - start:.1f} s")
+    return final
+
+
+def allocated_bytes(*paths: Path) -> int:
+    return sum(p.stat().st_blocks * 512 for p in paths if p.exists())
+
+
+def machine_line() -> str:
+    cpu = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = " " + line.split(":", 1)[1].strip()
+                break
+    mem = ""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        kib = int(Path("/proc/meminfo").read_text().split("\n")[0].split()[1])
+        mem = f", {kib / (1 << 20):.1f} GiB RAM"
+    return f"{os.cpu_count()} cores{cpu}{mem}, kernel {platform.release()}"
+
+
+def load_average() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def print_header(title: str, bench: Bench, extra: Sequence[str] = ()) -> None:
+    print(f"{title}  {datetime.now().astimezone().strftime('%Y-%m-%d %H:%M:%S %z')}")
+    print(f"machine: {machine_line()}")
+    print(f"load average: {bench.load_at_start} at start, {load_average()} at end")
+    print(f"python: {platform.python_version()}, bench dir: {bench_dir()}")
+    caches = "cold cache (page cache dropped before each run)" if bench.cold else "warm cache"
+    print(f"cache: {caches}")
+    for line in extra:
+        print(line)
+    print()
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]], left: int = 2) -> None:
+    """A plain text table; the first ``left`` columns are left-aligned, the rest right-aligned."""
+    widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
+
+    def fmt(row: Sequence[str]) -> str:
+        cells = [
+            c.ljust(w) if i < left or i == len(row) - 1 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        return "  ".join(cells).rstrip()
+
+    print(fmt(headers))
+    print("  ".join("-" * w for w in widths))
+    for row in rows:
+        print(fmt(row))
+
+
+@dataclass
+class Bench:
+    """Times commands, each run from a cold page cache where the machine allows it."""
+
+    repeat: int
+    cold: bool = field(init=False)
+    load_at_start: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.load_at_start = load_average()
+        self.cold = drop_caches()
+        if not self.cold:
+            log("cannot drop the page cache here (not root?): timing with a warm cache")
+
+    def time(self, action: Callable[[], None], cleanup: Callable[[], None] = lambda: None) -> float:
+        """Wall seconds of one ``action``; ``cleanup`` runs after it, untimed."""
+        if self.cold:
+            drop_caches()
+        start = time.perf_counter()
+        try:
+            action()
+            return time.perf_counter() - start
+        finally:
+            cleanup()
+
+
+@dataclass
+class Result:
+    times: list[float] = field(default_factory=list)
+    skipped: str = ""  # why the tool did not run on this input
+    verified: str = ""  # "ok", "reference", or "FAIL"
+
+    @property
+    def best(self) -> float:
+        return min(self.times)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.times)
+
+
+def secs(t: float) -> str:
+    return f"{t:.2f}" if t < 100 else f"{t:.0f}"
+
+
+# ---------------------------------------------------------------------------------------------
+# scripts/bench disk
+
+
+RECIPE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Image:
+    kind: str
+    file: str  # the file a reader opens
+    files: tuple[str, ...]  # the files it owns (for the on-disk size)
+    format: str
+    target: float | None  # vcbfs MB/s over qemu-img MB/s wanted, if any
+
+
+IMAGES = [
+    Image("raw", "disk.raw", ("disk.raw",), "raw", None),
+    Image("flat", "flat.vmdk", ("flat.vmdk", "flat-flat.vmdk"), "monolithicFlat", 1.0),
+    Image("sparse", "sparse.vmdk", ("sparse.vmdk",), "monolithicSparse", 1.0),
+    Image("stream", "stream.vmdk", ("stream.vmdk",), "streamOptimized", 0.8),
+    Image("delta", "delta.vmdk", ("delta.vmdk",), "monolithicSparse delta over sparse", None),
+]
+KINDS = {i.kind: i for i in IMAGES}
+ALIASES = {
+    "monolithicflat": "flat",
+    "monolithicsparse": "sparse",
+    "streamoptimized": "stream",
+    "chain": "delta",
+}
+
+
+@dataclass(frozen=True)
+class DiskRecipe:
+    """What the images are built from; its hash names the cache directory."""
+
+    size_mib: int
+    version: int = RECIPE_VERSION
+    seed: int = 20261
+    zero_fraction: float = 0.2  # of the raw disk, in runs of 4 KiB to 16 MiB
+    delta_fraction: float = 0.3  # bytes written into the delta, in writes of 4 KiB to 4 MiB
+
+
+def log_uniform(rng: random.Random, lo: int, hi: int, align: int = 4096) -> int:
+    """A size between lo and hi, uniform in its logarithm, a multiple of ``align``."""
+    n = int(math.exp(rng.uniform(math.log(lo), math.log(hi))))
+    return max(align, n - n % align)
+
+
+def disk_layout(size: int, rng: random.Random, zero_fraction: float) -> list[tuple[int, int, bool]]:
+    """Runs ``(offset, length, is_zero)`` covering the disk, about ``zero_fraction`` zeros."""
+    runs: list[tuple[int, int]] = []
+    pos = 0
+    while pos < size:
+        n = min(log_uniform(rng, 4096, 16 * MIB), size - pos)
+        runs.append((pos, n))
+        pos += n
+    order = list(range(len(runs)))
+    rng.shuffle(order)
+    zero: set[int] = set()
+    zeros = 0
+    for i in order:
+        if zeros >= zero_fraction * size:
+            break
+        zero.add(i)
+        zeros += runs[i][1]
+    return [(off, n, i in zero) for i, (off, n) in enumerate(runs)]
+
+
+def delta_writes(size: int, rng: random.Random, fraction: float) -> list[str]:
+    """qemu-io commands writing about ``fraction`` of the disk in scattered patterned runs."""
+    cmds = []
+    total = 0
+    while total < fraction * size:
+        n = log_uniform(rng, 4096, 4 * MIB)
+        off = rng.randrange(0, (size - n) // 4096 + 1) * 4096
+        cmds.append(f"write -P 0x{rng.randrange(1, 256):02x} {off} {n}")
+        total += n
+    return cmds
+
+
+def build_disk_images(recipe: DiskRecipe) -> Callable[[Path], None]:
+    def build(dest: Path) -> None:
+        size = recipe.size_mib * MIB
+        rng = random.Random(recipe.seed)
+        layout = disk_layout(size, rng, recipe.zero_fraction)
+        with open(dest / "disk.raw", "wb") as f:
+            f.truncate(size)
+            for off, n, is_zero in layout:
+                if is_zero:
+                    continue
+                f.seek(off)
+                for done in range(0, n, 4 * MIB):
+                    f.write(rng.randbytes(min(4 * MIB, n - done)))
+        zeros = sum(n for _, n, z in layout if z)
+        log(f"raw disk: {size // MIB} MiB, {len(layout)} runs, {100 * zeros / size:.1f} % zeros")
+        for sub, name in (
+            ("monolithicFlat", "flat.vmdk"),
+            ("monolithicSparse", "sparse.vmdk"),
+            ("streamOptimized", "stream.vmdk"),
+        ):
+            log(f"qemu-img convert -> {name}")
+            run(
+                ["qemu-img", "convert", "-O", "vmdk", "-o", f"subformat={sub}", "disk.raw", name],
+                cwd=dest,
+            )
+        run(
+            [
+                "qemu-img",
+                "create",
+                "-q",
+                "-f",
+                "vmdk",
+                "-b",
+                "sparse.vmdk",
+                "-F",
+                "vmdk",
+                "delta.vmdk",
+            ],
+            cwd=dest,
+        )
+        cmds = delta_writes(size, rng, recipe.delta_fraction)
+        log(f"qemu-io: {len(cmds)} writes into delta.vmdk")
+        args = [a for c in cmds for a in ("-c", c)]
+        out = run(["qemu-io", "-f", "vmdk", *args, "delta.vmdk"], cwd=dest)
+        said = (out.stdout + out.stderr).decode(errors="replace")
+        if "failed" in said.lower() or "error" in said.lower():
+            raise RuntimeError(f"qemu-io: {said[-2000:]}")
+
+    return build
+
+
+class Tool:
+    """One way of reading a whole disk image into ``out``."""
+
+    name = ""
+
+    def unsupported(self, image: Image) -> str:
+        """Why this tool cannot read ``image`` at all ('' when it may)."""
+        return ""
+
+    def read(self, path: Path, out: Path) -> None:
+        raise NotImplementedError
+
+
+class Vcbfs(Tool):
+    name = "vcbfs"
+
+    def __init__(self) -> None:
+        self.exe = vcbfs_command()
+
+    def read(self, path: Path, out: Path) -> None:
+        with open(out, "wb") as f:
+            run([self.exe, "disk", "cat", path], stdout=f)
+
+
+class QemuImg(Tool):
+    name = "qemu-img"
+
+    def read(self, path: Path, out: Path) -> None:
+        run(["qemu-img", "convert", "-O", "raw", path, out])
+
+
+class Vmdkmount(Tool):
+    name = "vmdkmount"
+
+    def __init__(self, mnt: Path) -> None:
+        self.mnt = mnt
+        self.mnt.mkdir(exist_ok=True)
+        self.unmount()  # left over from an interrupted run
+
+    def unsupported(self, image: Image) -> str:
+        if shutil.which("vmdkmount") is None:
+            return "vmdkmount not installed"
+        return "not a VMDK" if image.format == "raw" else ""
+
+    def read(self, path: Path, out: Path) -> None:
+        """Mount, ``cat`` the leaf of the chain into ``out``, unmount."""
+        with self.mounted(path) as disk, open(out, "wb") as f:
+            run(["cat", disk], stdout=f)
+
+    @contextlib.contextmanager
+    def mounted(self, path: Path) -> Iterator[Path]:
+        run(["vmdkmount", path, self.mnt], stdin=subprocess.DEVNULL)
+        try:
+            # One file per layer of a chain: vmdk1 is the base, the highest number the leaf.
+            layers = sorted(self.mnt.glob("vmdk*"), key=lambda p: int(p.name[4:] or 0))
+            if not layers:
+                raise CommandError(["vmdkmount"], 0, f"no vmdk1 in {self.mnt}")
+            yield layers[-1]
+        finally:
+            self.unmount()
+
+    def unmount(self) -> None:
+        for _ in range(100):
+            if not os.path.ismount(self.mnt):
+                return
+            for cmd in (["fusermount3", "-u"], ["fusermount", "-u"], ["umount"]):
+                if shutil.which(cmd[0]):
+                    res = subprocess.run([*cmd, str(self.mnt)], capture_output=True, check=False)
+                    if res.returncode == 0:
+                        break
+            time.sleep(0.05)
+        raise RuntimeError(f"cannot unmount {self.mnt}")
+
+
+def parse_kinds(text: str) -> list[str]:
+    kinds = []
+    for word in text.split(","):
+        word = word.strip()
+        kind = ALIASES.get(word.lower(), word.lower())
+        if kind not in KINDS:
+            raise argparse.ArgumentTypeError(
+                f"unknown image kind {word!r} (choose from {', '.join(KINDS)})"
+            )
+        if kind not in kinds:
+            kinds.append(kind)
+    return kinds
+
+
+def positive(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+    return n
+
+
+def register_disk(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = verbs.add_parser(
+        "disk",
+        help="whole-disk reads: vcbfs disk cat vs qemu-img convert vs vmdkmount",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--size-mib", type=positive, default=1024, metavar="N", help="disk size (1024)")
+    p.add_argument(
+        "--repeat", type=positive, default=3, metavar="N", help="runs per tool and image (3)"
+    )
+    p.add_argument(
+        "--only",
+        type=parse_kinds,
+        default=list(KINDS),
+        metavar="KIND[,KIND]",
+        help=f"images to read, of {', '.join(KINDS)} (default all)",
+    )
+    p.set_defaults(run=run_disk)
+
+
+def run_disk(args: argparse.Namespace) -> int:
+    need_tools("qemu-img", "qemu-io", "cat", "cmp")
+    started = time.perf_counter()
+    recipe = DiskRecipe(args.size_mib)
+    images_dir = cached_build("disk", dataclasses.asdict(recipe), build_disk_images(recipe))
+    out_dir = bench_dir() / "out"
+    out_dir.mkdir(exist_ok=True)
+    for stale in out_dir.glob("*.raw"):
+        stale.unlink()
+    tools: list[Tool] = [Vcbfs(), QemuImg(), Vmdkmount(bench_dir() / "mnt")]
+    bench = Bench(args.repeat)
+    images = [KINDS[k] for k in args.only]
+    size = args.size_mib * MIB
+
+    results: dict[tuple[str, str], Result] = {}
+    for image in images:
+        path = images_dir / image.file
+        for tool in tools:
+            results[image.kind, tool.name] = Result(skipped=tool.unsupported(image))
+        verify(image, path, tools, results, out_dir)
+        live = [t for t in tools if not results[image.kind, t.name].skipped]
+        for rep in range(args.repeat):
+            for tool in live:
+                out = out_dir / f"{tool.name}.raw"
+                t = bench.time(
+                    lambda t=tool, p=path, o=out: t.read(p, o),
+                    lambda o=out: o.unlink(missing_ok=True),
+                )
+                results[image.kind, tool.name].times.append(t)
+                log(f"{image.kind} {tool.name} run {rep + 1}: {t:.2f} s")
+
+    print_header(
+        "vcbfs bench disk",
+        bench,
+        [
+            f"versions: {tool_versions()}",
+            f"disk: {args.size_mib} MiB virtual ({size:,} bytes), images in {images_dir}",
+            f"timing: best of {args.repeat} runs of the whole command, runs interleaved; "
+            "MB/s = virtual disk bytes / 10^6 / s; vs X = vcbfs MB/s / X MB/s",
+            "images:",
+            *(
+                f"  {i.kind:<7} {i.format}, {on_disk_mib(images_dir, i):.0f} MiB on disk"
+                for i in images
+            ),
+        ],
+    )
+    print_disk_table(images, tools, results, size)
+    print()
+    for (kind, name), r in results.items():
+        if r.verified == "FAIL":
+            why = r.skipped or "output differs from qemu-img's"
+            print(f"FAIL {kind}: {name} {why}")
+    print(f"whole run: {time.perf_counter() - started:.0f} s", flush=True)
+    return 0
+
+
+def verify(
+    image: Image, path: Path, tools: list[Tool], results: dict[tuple[str, str], Result], out: Path
+) -> None:
+    """Read ``image`` once with every tool and compare each output with qemu-img's."""
+    ref = out / "reference.raw"
+    try:
+        QemuImg().read(path, ref)
+        results[image.kind, QemuImg.name].verified = "reference"
+        for tool in tools:
+            result = results[image.kind, tool.name]
+            if result.skipped or isinstance(tool, QemuImg):
+                continue
+            mine = out / f"{tool.name}.raw"
+            try:
+                tool.read(path, mine)
+            except CommandError as e:
+                if tool.name == Vcbfs.name:
+                    result.verified = "FAIL"
+                    result.skipped = f"failed: {e.said}"
+                else:
+                    result.skipped = f"cannot read it: {e.said}"
+                log(f"{image.kind} {tool.name}: {e}")
+                mine.unlink(missing_ok=True)
+                continue
+            same = (
+                mine.stat().st_size == ref.stat().st_size
+                and subprocess.run(["cmp", "-s", ref, mine], check=False).returncode == 0
+            )
+            result.verified = "ok" if same else "FAIL"
+            if not same:
+                log(f"FAIL {image.kind}: {tool.name} output differs from qemu-img's")
+            mine.unlink(missing_ok=True)
+    finally:
+        ref.unlink(missing_ok=True)
+        for stale in out.glob("*.raw"):
+            stale.unlink()
+
+
+def on_disk_mib(images_dir: Path, image: Image) -> float:
+    return allocated_bytes(*(images_dir / f for f in image.files)) / MIB
+
+
+def tool_versions() -> str:
+    def first_line(cmd: list[str]) -> str:
+        try:
+            res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        except OSError:
+            return "?"
+        said = (res.stdout or res.stderr).strip()
+        return said.splitlines()[0] if said else "?"
+
+    qemu = first_line(["qemu-img", "--version"]).removeprefix("qemu-img version ")
+    vmdk = first_line(["vmdkmount", "-V"]).removeprefix("vmdkmount ")
+    vcbfs = first_line([vcbfs_command(), "--version"])
+    return f"{vcbfs}, qemu-img {qemu}, vmdkmount {vmdk}"
+
+
+def print_disk_table(
+    images: list[Image], tools: list[Tool], results: dict[tuple[str, str], Result], size: int
+) -> None:
+    headers = [
+        "image",
+        "tool",
+        "best s",
+        "median s",
+        "MB/s",
+        "vs qemu-img",
+        "vs vmdkmount",
+        "target",
+        "output",
+    ]
+    rows = []
+    for image in images:
+        qemu = results[image.kind, QemuImg.name]
+        vmdk = results[image.kind, Vmdkmount.name]
+        for tool in tools:
+            r = results[image.kind, tool.name]
+            if not r.times:
+                why = r.skipped or "not run"
+                rows.append([image.kind, tool.name, "-", "-", "-", "", "", "", f"skipped: {why}"])
+                continue
+            mbs = size / MB / r.best
+            vs_qemu = vs_vmdk = target = ""
+            if isinstance(tool, Vcbfs):
+                if qemu.times:
+                    ratio = qemu.best / r.best
+                    vs_qemu = f"{ratio:.2f}x"
+                    if image.target is not None:
+                        verdict = "PASS" if ratio >= image.target else "below"
+                        target = f">={image.target:.1f}x {verdict}"
+                if vmdk.times:
+                    vs_vmdk = f"{vmdk.best / r.best:.2f}x"
+            rows.append(
+                [
+                    image.kind,
+                    tool.name,
+                    secs(r.best),
+                    secs(r.median),
+                    f"{mbs:.0f}",
+                    vs_qemu,
+                    vs_vmdk,
+                    target,
+                    r.verified,
+                ]
+            )
+    print_table(headers, rows)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="scripts/bench",
+        description="Benchmarks of vcbfs against independent readers.",
+    )
+    verbs = parser.add_subparsers(dest="bench", metavar="BENCHMARK", required=True)
+    register_disk(verbs)
+    args = parser.parse_args(argv)
+    return int(args.run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
