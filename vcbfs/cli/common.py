@@ -12,7 +12,6 @@ import os
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from vcbfs.blocks.cache import CachedLocation
-from vcbfs.blocks.http import HttpLocation, HttpOptions, HttpSession
 from vcbfs.blocks.local import LocalLocation
 from vcbfs.blocks.source import Location
 from vcbfs.errors import AccessDeniedError
@@ -42,6 +41,8 @@ def location_from_args(target: str, args: argparse.Namespace) -> Location:
     """A Location for a local path, or for an http(s) URL read through a shared cache."""
     if not target.startswith(("https://", "http://")):
         return LocalLocation(target)
+    from vcbfs.blocks.http import HttpLocation, HttpOptions, HttpSession  # only when needed: slow
+
     parts = urlsplit(target)
     if parts.password is not None:
         raise AccessDeniedError(

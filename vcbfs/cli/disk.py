@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import stat
 import sys
 from typing import Any
 
+from vcbfs.blocks.copy import copy_to_fd
 from vcbfs.blocks.partitions import PartitionTable, read_partitions
 from vcbfs.blocks.source import ByteSource
 from vcbfs.blocks.vmdk.disk import VirtualDisk, open_disk
@@ -21,8 +20,6 @@ from vcbfs.cli.common import add_location_options, location_from_args
 from vcbfs.errors import NotFoundError
 
 __all__ = ["register"]
-
-CHUNK = 4 << 20
 
 
 def register(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -71,50 +68,6 @@ def run_cat(args: argparse.Namespace) -> int:
         sys.stdout.flush()
         copy_to_fd(source, sys.stdout.fileno())
     return 0
-
-
-def copy_to_fd(source: ByteSource, fd: int) -> int:
-    """Write all of ``source`` to ``fd``; seek over holes when ``fd`` is a regular file."""
-    sparse = _is_regular_file(fd)
-    base = os.lseek(fd, 0, os.SEEK_CUR) if sparse else 0
-    zeros = bytes(CHUNK)
-    written = 0
-    for span in source.spans():
-        pos, end = span.offset, span.end
-        if not span.allocated and sparse:
-            os.lseek(fd, base + end, os.SEEK_SET)
-            written += span.length
-            continue
-        while pos < end:
-            n = min(CHUNK - pos % CHUNK, end - pos)
-            data = source.read_at(pos, n) if span.allocated else zeros[:n]
-            _write_all(fd, data)
-            pos += n
-            written += n
-    if sparse:
-        os.ftruncate(fd, base + written)
-    return written
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        done = os.write(fd, view)
-        view = view[done:]
-
-
-def _is_regular_file(fd: int) -> bool:
-    try:
-        st = os.fstat(fd)
-    except OSError:
-        return False
-    if not stat.S_ISREG(st.st_mode):
-        return False
-    try:
-        os.lseek(fd, 0, os.SEEK_CUR)
-    except OSError:
-        return False
-    return True
 
 
 def _table_info(table: PartitionTable) -> dict[str, Any]:

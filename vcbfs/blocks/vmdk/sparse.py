@@ -255,9 +255,12 @@ class SparseExtent(GrainExtent):
         """Decompress grain ``index`` whose marker (or stream) starts at byte ``loc``."""
         gs = self.grain_size
         if self.header.markers:
-            lba, csize, _ = _MARKER.unpack(
-                read_exact(self.file, loc, 12, "grain marker") + bytes(4)
-            )
+            # One read for marker and payload: deflate never grows a grain by more than a few
+            # bytes per 16 KiB, so this almost always holds the whole compressed grain.
+            head = self.file.read_at(loc, 12 + gs + 512)
+            if len(head) < 12:
+                raise CorruptError("grain marker is truncated", source=self.name, offset=loc)
+            lba, csize = struct.unpack_from("<QI", head)
             if lba != index * self.header.grain_sectors:
                 raise CorruptError(
                     f"grain marker says LBA {lba}, grain {index} expected",
@@ -268,7 +271,9 @@ class SparseExtent(GrainExtent):
                 raise CorruptError(
                     f"compressed grain size {csize} is out of range", source=self.name, offset=loc
                 )
-            payload = read_exact(self.file, loc + 12, csize, "compressed grain")
+            payload = head[12 : 12 + csize]
+            if len(payload) < csize:
+                payload = read_exact(self.file, loc + 12, csize, "compressed grain")
         else:
             payload = self.file.read_at(loc, 2 * gs + 4096)
         inflater = zlib.decompressobj()

@@ -1,0 +1,123 @@
+"""The shared block cache: same bytes as its base, bounded memory, readahead, single flight."""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+
+import pytest
+
+from tests.memsource import MemorySource
+from vcbfs.blocks.cache import CachedLocation, CachedSource
+from vcbfs.errors import ReadError
+
+KIB = 1024
+DATA = os.urandom(3 * 1024 * KIB + 123)
+
+
+class SlowSource(MemorySource):
+    """A source with a delay per request and an optional failure, like a datastore."""
+
+    def __init__(self, data: bytes, delay: float = 0.0, fail: int = 0):
+        super().__init__(data, "slow")
+        self.delay = delay
+        self.fail = fail
+        self.lock = threading.Lock()
+
+    def _read(self, offset: int, n: int) -> bytes:
+        time.sleep(self.delay)
+        with self.lock:
+            if self.fail:
+                self.fail -= 1
+                raise ReadError("injected", source=self.name, offset=offset)
+        return super()._read(offset, n)
+
+
+def test_random_reads_equal_the_base() -> None:
+    cache = CachedSource(MemorySource(DATA), block_size=64 * KIB, capacity=512 * KIB)
+    rng = random.Random(1)
+    for _ in range(2000):
+        off = rng.randrange(len(DATA) + 10)
+        n = rng.choice((1, 100, 64 * KIB, 64 * KIB + 1, 200 * KIB))
+        assert cache.read_at(off, n) == DATA[off : off + n]
+        assert cache._blocks.weight <= 512 * KIB
+
+
+def test_sequential_reads_grow_into_few_large_requests() -> None:
+    base = MemorySource(DATA)
+    cache = CachedSource(base, block_size=64 * KIB, capacity=4096 * KIB, max_readahead=1024 * KIB)
+    pos = 0
+    while pos < len(DATA):
+        assert cache.read_at(pos, 4 * KIB) == DATA[pos : pos + 4 * KIB]
+        pos += 4 * KIB
+    assert cache.requests == len(base.reads)
+    # 790 reads of 4 KiB; without readahead one request per 64 KiB block would be 49
+    assert len(base.reads) < 12
+    assert max(n for _, n in base.reads) == (1 + 16) * 64 * KIB
+
+
+def test_random_reads_do_not_read_ahead() -> None:
+    base = MemorySource(DATA)
+    cache = CachedSource(base, block_size=64 * KIB, capacity=4096 * KIB)
+    for off in (2000 * KIB, 100 * KIB, 2900 * KIB, 700 * KIB):
+        cache.read_at(off, 10)
+    assert [n for _, n in base.reads] == [64 * KIB] * 4
+
+
+def test_concurrent_misses_share_one_fetch() -> None:
+    base = SlowSource(DATA, delay=0.2)
+    cache = CachedSource(base, block_size=64 * KIB, capacity=1024 * KIB)
+    results: list[bytes] = []
+    threads = [
+        threading.Thread(target=lambda: results.append(cache.read_at(70 * KIB, 1000)))
+        for _ in range(8)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [DATA[70 * KIB : 70 * KIB + 1000]] * 8
+    assert len(base.reads) == 1
+
+
+def test_a_failed_fetch_wakes_waiters_and_is_not_cached() -> None:
+    base = SlowSource(DATA, delay=0.1, fail=1)
+    cache = CachedSource(base, block_size=64 * KIB, capacity=1024 * KIB)
+    outcomes: list[object] = []
+
+    def reader() -> None:
+        try:
+            outcomes.append(cache.read_at(0, 10))
+        except ReadError as exc:
+            outcomes.append(exc)
+
+    threads = [threading.Thread(target=reader) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=10)
+    assert not any(t.is_alive() for t in threads)
+    assert sum(isinstance(o, ReadError) for o in outcomes) >= 1
+    assert cache.read_at(0, 10) == DATA[:10]
+
+
+def test_huge_reads_bypass_the_cache() -> None:
+    base = MemorySource(DATA)
+    cache = CachedSource(base, block_size=64 * KIB, capacity=512 * KIB)
+    assert cache.read_at(0, 2048 * KIB) == DATA[: 2048 * KIB]
+    assert len(cache._blocks) == 0
+
+
+def test_cached_location_wraps_siblings() -> None:
+    from tests.memsource import MemoryLocation
+
+    loc = CachedLocation(MemoryLocation({"a": b"1", "b": b"22"}, "a"), block_size=4096)
+    assert isinstance(loc.open(), CachedSource)
+    assert loc.sibling("b").open().read_at(0, 5) == b"22"
+
+
+def test_capacity_must_hold_a_block() -> None:
+    with pytest.raises(ValueError):
+        CachedSource(MemorySource(b"x"), block_size=4096, capacity=100)
