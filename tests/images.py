@@ -15,6 +15,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from tests.blocks import vmdkgen
+
 __all__ = ["VMDK_KINDS", "build_vmdk_images", "cache_dir", "qemu_raw", "run"]
 
 MIB = 1 << 20
@@ -33,6 +35,8 @@ VMDK_KINDS = (
     "chain-flat-base",
     "big-split-sparse",
     "big-split-flat",
+    "esx-cowd-chain",
+    "esx-sesparse",
 )
 
 
@@ -189,6 +193,43 @@ def build_vmdk_images(root: Path) -> dict[str, Path]:
             "write -P 0x11 5M 2M",
             tops[kind],
         )
+
+    # ESXi snapshot deltas over the "vmfs" base: two COWD redo logs, and one SEsparse delta.
+    # No tool but ESXi writes them; tests/blocks/vmdkgen.py does, checked against qemu.
+    rng = random.Random(3)
+
+    def changes(count: int, grain: int = 4096) -> dict[int, bytes]:
+        out = {}
+        for _ in range(count):
+            at = rng.randrange(0, BASE_SIZE - 256 * 1024) // grain * grain
+            out[at] = rng.randbytes(grain * rng.choice((1, 2, 3)))
+        out[0] = rng.randbytes(grain)
+        return out
+
+    for kind in ("esx-cowd-chain", "esx-sesparse"):
+        d = root / kind
+        d.mkdir()
+        shutil.copyfile(root / "vmfs" / "my disk-flat.vmdk", d / "my disk-flat.vmdk")
+        shutil.copyfile(tops["vmfs"], d / "my disk.vmdk")
+    d = root / "esx-cowd-chain"
+    first = vmdkgen.write_cowd_delta(
+        d / "my disk.vmdk", d, "my disk-000001", changes(60), grain_sectors=8, seed=4
+    )
+    second = vmdkgen.write_cowd_delta(
+        first, d, "my disk-000002", changes(30, 65536), grain_sectors=128
+    )
+    second.rename(tops["esx-cowd-chain"])
+    d = root / "esx-sesparse"
+    top, _ = vmdkgen.write_sesparse_delta(
+        d / "my disk.vmdk",
+        d,
+        "my disk-000001",
+        changes(80),
+        zeroed=[5, 6, 7],
+        unmapped=[100],
+        seed=5,
+    )
+    top.rename(tops["esx-sesparse"])
 
     # Past 2 GiB: several extent files, mostly holes (sparse on the host too).
     big = root / "big.raw"

@@ -428,6 +428,10 @@ def test_tls_ca_file_is_accepted(tls_server: FileServer, cert: tuple[str, str, s
 def test_tls_ca_file_still_checks_the_host_name(
     tls_server: FileServer, cert: tuple[str, str, str]
 ) -> None:
+    try:
+        socket.getaddrinfo("localhost", tls_server.port)
+    except OSError:
+        pytest.skip("localhost does not resolve here (no /etc/hosts)")
     with HttpSession(options(ca_file=cert[0])) as session, pytest.raises(AccessDeniedError) as info:
         HttpSource(session, tls_server.url(DISK).replace("127.0.0.1", "localhost"))
     assert "verification failed" in str(info.value)

@@ -267,11 +267,11 @@ def read_base_info(descriptor: Path) -> BaseInfo:
         off, size = struct.unpack_from("<QQ", raw, 28)
         raw = raw[off * SECTOR : (off + size) * SECTOR]
     text = raw.split(b"\0", 1)[0].decode()
-    cid = re.search(r"^CID=([0-9a-fA-F]{8})\s*$", text, re.M)
+    cid = re.search(r"^CID=([0-9a-fA-F]{1,8})\s*$", text, re.M)  # qemu does not zero-pad
     extents = re.findall(r"^(?:RW|RDONLY)\s+(\d+)\s+\w+", text, re.M)
     if not cid or not extents:
         raise ValueError(f"{descriptor}: no CID or extents in the descriptor")
-    return BaseInfo(cid.group(1).lower(), sum(int(n) for n in extents) * SECTOR)
+    return BaseInfo(cid.group(1).lower().zfill(8), sum(int(n) for n in extents) * SECTOR)
 
 
 def delta_descriptor(
