@@ -63,12 +63,7 @@ class CowdExtent(GrainExtent):
     type_name = "VMFSSPARSE"
 
     def __init__(self, file: ByteSource, size: int, cache_bytes: int = DEFAULT_CACHE_BYTES):
-        self.file = file
-        self._src = file  # self.file, typed as always present
-        self.name = file.name
-        if size < 0:
-            raise OutOfRangeError(f"negative extent size {size}", source=file.name)
-        self.size = size
+        self._src = self._attach(file, size)
         header = self._read_header(file)
         (_, version, flags, sectors, grain, gd_offset, gd_entries, free) = _FIXED.unpack_from(
             header

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from vcbfs.blocks.source import ByteSource, read_exact
-from vcbfs.errors import CorruptError
+from vcbfs.errors import CorruptError, OutOfRangeError
 
 __all__ = ["Extent", "FlatExtent", "GrainExtent", "Kind", "Run", "ZeroExtent"]
 
@@ -126,6 +126,15 @@ class GrainExtent(Extent):
 
     grain_size: int
     merge_data: bool = True
+
+    def _attach(self, file: ByteSource, size: int) -> ByteSource:
+        """Take the extent's file and size (checked); return the file, typed as present."""
+        if size < 0:
+            raise OutOfRangeError(f"negative extent size {size}", source=file.name)
+        self.file = file
+        self.name = file.name
+        self.size = size
+        return file
 
     @abstractmethod
     def _grain(self, index: int) -> tuple[Kind, int]:

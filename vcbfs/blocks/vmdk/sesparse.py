@@ -120,12 +120,7 @@ class SeSparseExtent(GrainExtent):
     type_name = "SESPARSE"
 
     def __init__(self, file: ByteSource, size: int, cache_bytes: int = DEFAULT_CACHE_BYTES):
-        self.file = file
-        self._src = file  # self.file, typed as always present
-        self.name = file.name
-        if size < 0:
-            raise OutOfRangeError(f"negative extent size {size}", source=file.name)
-        self.size = size
+        self._src = self._attach(file, size)
         raw = file.read_at(0, _CONST.size)
         if len(raw) < 8 or int.from_bytes(raw[:8], "little") != SESPARSE_MAGIC:
             raise CorruptError(

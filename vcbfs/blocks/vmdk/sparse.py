@@ -163,9 +163,7 @@ class SparseExtent(GrainExtent):
     type_name = "SPARSE"
 
     def __init__(self, file: ByteSource, size: int, header: SparseHeader | None = None):
-        self.file = file
-        self.name = file.name
-        self.size = size
+        self._attach(file, size)
         self.header = h = header or read_sparse_header(file)
         if h.capacity * SECTOR < size:
             raise CorruptError(
