@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -153,3 +154,14 @@ def test_chain_reported_by_qemu_info_matches(vmdk_images: dict[str, Path]) -> No
     assert names == ["disk.vmdk", "s1.vmdk", "base.vmdk"]
     for name in names:
         assert name in info
+
+
+def test_direct_file_ranges_for_kernel_copies(vmdk_images: dict[str, Path]) -> None:
+    with open_disk(LocalLocation(vmdk_images["mixed-extents"])) as disk:
+        fd, at = disk.direct(4096, 8192)  # type: ignore[misc]
+        assert at == 4096 + 1024 and os.pread(fd, 16, at) == disk.read_at(4096, 16)
+        assert disk.direct(8 * 1024 * 1024 - 512, 1024) is None  # crosses into the sparse extent
+    with open_disk(LocalLocation(vmdk_images["chain-flat-base"])) as disk:
+        fd, at = disk.direct(20 << 20, 4096)  # untouched by the deltas: the flat base's bytes
+        assert os.pread(fd, 4096, at) == disk.read_at(20 << 20, 4096)
+        assert disk.direct(1 << 20, 4096) is None  # written in a sparse delta

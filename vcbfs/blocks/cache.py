@@ -152,6 +152,9 @@ class CachedSource(ByteSource):
     def spans(self, offset: int = 0, length: int | None = None) -> Iterator[Span]:
         return self.base.spans(offset, length)
 
+    def direct(self, offset: int, n: int) -> tuple[int, int] | None:
+        return self.base.direct(offset, n)
+
     def close(self) -> None:
         self._blocks.clear()
         self.base.close()

@@ -3,11 +3,13 @@
 Reading (``pread``, inflating grains, HTTPS) and writing both release the GIL, so a few worker
 threads keep the disk, the network and zlib busy.  Into a regular file each worker writes its own
 chunk with ``pwrite`` and holes are left unwritten (the copy stays sparse); into a pipe or a tape
-the caller writes finished chunks in order and holes as zeros.
+the caller writes finished chunks in order and holes as zeros.  Flat data of a local file goes
+file to file in the kernel (``copy_file_range``) without passing through Python at all.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import stat
@@ -24,6 +26,7 @@ __all__ = ["copy_to_fd", "is_seekable_file"]
 CHUNK = 1 << 20
 WORKERS = 4
 AHEAD = 16  # chunks read ahead of the writer: bounds memory to AHEAD * CHUNK
+_NO_KERNEL_COPY = {errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF}
 
 
 def is_seekable_file(fd: int) -> bool:
@@ -72,7 +75,19 @@ def copy_to_fd(
     done = 0
     pending: deque[tuple[int, int, Future[bytes | None] | None]] = deque()
 
+    kernel_copy = True
+
     def read_and_write(pos: int, n: int) -> None:
+        nonlocal kernel_copy
+        where = source.direct(pos, n) if kernel_copy else None
+        if where is not None:
+            try:
+                _copy_range(where[0], where[1], fd, base + pos, n)
+                return
+            except OSError as exc:
+                if exc.errno not in _NO_KERNEL_COPY:
+                    raise
+                kernel_copy = False  # not between these file systems: copy through memory
         data = memoryview(source.read_at(pos, n))
         at = base + pos
         while data:
@@ -116,6 +131,14 @@ def copy_to_fd(
         os.ftruncate(fd, base + done)
         os.lseek(fd, base + done, os.SEEK_SET)
     return done
+
+
+def _copy_range(src: int, src_at: int, dst: int, dst_at: int, n: int) -> None:
+    while n > 0:
+        done = os.copy_file_range(src, dst, n, src_at, dst_at)
+        if done <= 0:
+            raise OSError(errno.EINVAL, "copy_file_range made no progress")
+        src_at, dst_at, n = src_at + done, dst_at + done, n - done
 
 
 def _write_all(fd: int, data: bytes | memoryview) -> None:

@@ -87,6 +87,11 @@ class LocalSource(ByteSource):
             yield Span(data, hole - data, True)
             pos = hole
 
+    def direct(self, offset: int, n: int) -> tuple[int, int] | None:
+        if offset < 0 or n < 0 or offset + n > self.size or self._fd < 0:
+            return None
+        return self._fd, offset
+
     def close(self) -> None:
         fd, self._fd = self._fd, -1
         if fd >= 0:

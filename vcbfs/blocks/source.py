@@ -81,6 +81,13 @@ class ByteSource(ABC):
         end = self.size if length is None else min(self.size, offset + length)
         return min(offset, self.size), end
 
+    def direct(self, offset: int, n: int) -> tuple[int, int] | None:
+        """``(fd, file offset)`` of a local file holding exactly these bytes, or None.
+
+        Lets a whole-disk copy move flat data in the kernel (``copy_file_range``).
+        """
+        return None
+
     def close(self) -> None:  # noqa: B027 - most sources hold nothing to release
         """Release what the source holds (file descriptors, connections)."""
 
@@ -178,6 +185,11 @@ class SliceSource(ByteSource):
         start, end = self._clip(offset, length)
         for s in self.base.spans(self.start + start, end - start):
             yield Span(s.offset - self.start, s.length, s.allocated)
+
+    def direct(self, offset: int, n: int) -> tuple[int, int] | None:
+        if offset < 0 or offset + n > self.size:
+            return None
+        return self.base.direct(self.start + offset, n)
 
     def close(self) -> None:
         """A slice does not own its base; closing the base is its opener's job."""

@@ -12,6 +12,7 @@ does the same for the allocation map, so a backup can skip what no layer ever wr
 from __future__ import annotations
 
 import bisect
+import itertools
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -163,6 +164,22 @@ class VirtualDisk(ByteSource):
                 yield Span(at, run.length, run.kind is Kind.DATA)
         if inside < n:
             yield Span(offset + inside, n - inside, False)
+
+    def direct(self, offset: int, n: int) -> tuple[int, int] | None:
+        """Where the range is one run of a flat extent in some layer, that file's bytes."""
+        for layer in self.layers:
+            if offset < 0 or offset + n > layer.size:
+                return None
+            runs = list(itertools.islice(layer.runs(offset, n), 2))
+            if len(runs) != 1:
+                return None
+            ext, run, _at = runs[0]
+            if run.kind is Kind.ABSENT:
+                continue
+            if run.kind is Kind.DATA and isinstance(ext, FlatExtent) and ext.file is not None:
+                return ext.file.direct(run.loc, run.length)
+            return None
+        return None
 
     def describe(self) -> dict[str, object]:
         return {

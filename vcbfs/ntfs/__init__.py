@@ -1,0 +1,1 @@
+"""NTFS: a read-only reader over a volume byte source."""
