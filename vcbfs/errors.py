@@ -15,6 +15,7 @@ __all__ = [
     "AccessDeniedError",
     "ChainError",
     "CorruptError",
+    "NotADirectory",
     "NotFoundError",
     "OutOfRangeError",
     "ReadError",
@@ -68,6 +69,12 @@ class NotFoundError(VcbfsError, FileNotFoundError):
     """A file, URL, partition or path that does not exist."""
 
     errno = _errno.ENOENT
+
+
+class NotADirectory(VcbfsError, NotADirectoryError):
+    """A path goes through something that is not a directory."""
+
+    errno = _errno.ENOTDIR
 
 
 class AccessDeniedError(VcbfsError, PermissionError):

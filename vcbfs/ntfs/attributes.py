@@ -1,0 +1,240 @@
+"""NTFS attributes: the headers in an MFT record, and the values vcbfs interprets.
+
+Every attribute starts with a common header (type, length, name, flags); a resident one carries
+its value inline, a non-resident one a runlist and three sizes (allocated, data, initialized).
+Values decoded here: $STANDARD_INFORMATION, $FILE_NAME, $ATTRIBUTE_LIST entries,
+$VOLUME_INFORMATION.  Every length and offset is checked against the record before use.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from vcbfs.errors import CorruptError
+
+__all__ = [
+    "AT",
+    "Attribute",
+    "AttributeListEntry",
+    "FileName",
+    "StandardInformation",
+    "parse_attribute_list",
+    "parse_attributes",
+]
+
+MAX_ATTRIBUTES = 1024
+END = 0xFFFFFFFF
+FLAG_COMPRESSED = 0x0001
+FLAG_ENCRYPTED = 0x4000
+FLAG_SPARSE = 0x8000
+MFT_REF_MASK = (1 << 48) - 1
+
+
+class AT:
+    """Attribute type codes."""
+
+    STANDARD_INFORMATION = 0x10
+    ATTRIBUTE_LIST = 0x20
+    FILE_NAME = 0x30
+    OBJECT_ID = 0x40
+    SECURITY_DESCRIPTOR = 0x50
+    VOLUME_NAME = 0x60
+    VOLUME_INFORMATION = 0x70
+    DATA = 0x80
+    INDEX_ROOT = 0x90
+    INDEX_ALLOCATION = 0xA0
+    BITMAP = 0xB0
+    REPARSE_POINT = 0xC0
+    EA_INFORMATION = 0xD0
+    EA = 0xE0
+    LOGGED_UTILITY_STREAM = 0x100
+
+
+_HEADER = struct.Struct("<IIBBHHH")
+_RESIDENT = struct.Struct("<IH")
+_NONRESIDENT = struct.Struct("<QQHH4xQQQ")
+
+
+@dataclass(slots=True)
+class Attribute:
+    """One attribute record (for a non-resident attribute: one extent of it)."""
+
+    type: int
+    name: str
+    flags: int
+    id: int
+    record: int  # the MFT record holding this attribute record
+    resident: bool
+    value: bytes = b""  # resident value
+    start_vcn: int = 0
+    last_vcn: int = -1
+    runlist: bytes = b""
+    compression_unit: int = 0  # log2 of clusters per compression unit; 0 = not compressed
+    allocated_size: int = 0
+    data_size: int = 0
+    initialized_size: int = 0
+
+    @property
+    def size(self) -> int:
+        return len(self.value) if self.resident else self.data_size
+
+    @property
+    def compressed(self) -> bool:
+        return bool(self.flags & FLAG_COMPRESSED)
+
+    @property
+    def sparse(self) -> bool:
+        return bool(self.flags & FLAG_SPARSE)
+
+    @property
+    def encrypted(self) -> bool:
+        return bool(self.flags & FLAG_ENCRYPTED)
+
+
+def parse_attributes(
+    buf: bytes | bytearray, first: int, used: int, record: int, source: str, offset: int
+) -> list[Attribute]:
+    """The attributes of one record's (fixed-up) bytes, in order, up to the end marker."""
+
+    def bad(why: str, at: int) -> CorruptError:
+        return CorruptError(f"MFT record {record}: {why}", source=source, offset=offset + at)
+
+    out: list[Attribute] = []
+    pos = first
+    limit = min(used, len(buf))
+    while True:
+        if pos + 4 > limit:
+            raise bad("attributes run past the record's used size", pos)
+        atype = int.from_bytes(buf[pos : pos + 4], "little")
+        if atype == END:
+            return out
+        if len(out) >= MAX_ATTRIBUTES:
+            raise bad("too many attributes", pos)
+        if pos + 16 > limit:
+            raise bad("attribute header truncated", pos)
+        _t, length, nonres, name_len, name_off, flags, aid = _HEADER.unpack_from(buf, pos)
+        if length < 24 or length % 8 or pos + length > limit:
+            raise bad(f"attribute length {length} is not valid", pos)
+        name = ""
+        if name_len:
+            if name_off + 2 * name_len > length:
+                raise bad("attribute name lies outside the attribute", pos)
+            name = _utf16(buf[pos + name_off : pos + name_off + 2 * name_len])
+        if nonres == 0:
+            vlen, voff = _RESIDENT.unpack_from(buf, pos + 16)
+            if voff + vlen > length:
+                raise bad("resident value lies outside the attribute", pos)
+            value = bytes(buf[pos + voff : pos + voff + vlen])
+            out.append(Attribute(atype, name, flags, aid, record, True, value))
+        elif nonres == 1:
+            if length < 64:
+                raise bad("non-resident attribute header truncated", pos)
+            start, last, roff, cu, alloc, size, init = _NONRESIDENT.unpack_from(buf, pos + 16)
+            if roff >= length or roff < 64:
+                raise bad("runlist lies outside the attribute", pos)
+            if last + 1 < start or last >= 1 << 62:
+                raise bad(f"VCN range {start}..{last} is not valid", pos)
+            if init > size or size > 1 << 62 or alloc > 1 << 62 or cu > 16:
+                raise bad(f"sizes are not valid (alloc {alloc}, data {size}, init {init})", pos)
+            runlist = bytes(buf[pos + roff : pos + length])
+            out.append(
+                Attribute(atype, name, flags, aid, record, False, b"", start, last, runlist, cu,
+                          alloc, size, init)
+            )  # fmt: skip
+        else:
+            raise bad(f"non-resident flag {nonres} is not valid", pos)
+        pos += length
+
+
+def _utf16(raw: bytes | bytearray) -> str:
+    return bytes(raw).decode("utf-16-le", errors="surrogatepass")
+
+
+FILETIME_EPOCH = 116444736000000000  # 100 ns intervals from 1601 to 1970
+
+
+def filetime_ns(ft: int) -> int:
+    """NTFS time (100 ns since 1601) as nanoseconds since the Unix epoch."""
+    return (ft - FILETIME_EPOCH) * 100
+
+
+@dataclass(frozen=True, slots=True)
+class StandardInformation:
+    created: int  # raw FILETIME values
+    modified: int
+    changed: int  # MFT record change time
+    accessed: int
+    attributes: int
+    security_id: int | None
+
+
+def parse_standard_information(value: bytes, source: str) -> StandardInformation:
+    if len(value) < 48:
+        raise CorruptError("$STANDARD_INFORMATION is truncated", source=source)
+    c, m, ch, a, attrs = struct.unpack_from("<QQQQI", value)
+    sid = int.from_bytes(value[52:56], "little") if len(value) >= 72 else None
+    return StandardInformation(c, m, ch, a, attrs, sid)
+
+
+NS_POSIX, NS_WIN32, NS_DOS, NS_WIN32_DOS = 0, 1, 2, 3
+
+
+@dataclass(frozen=True, slots=True)
+class FileName:
+    parent: int  # MFT record number of the parent directory
+    parent_seq: int
+    created: int
+    modified: int
+    changed: int
+    accessed: int
+    allocated_size: int
+    data_size: int
+    flags: int
+    reparse_tag: int
+    namespace: int
+    name: str
+
+
+def parse_file_name(value: bytes | memoryview, source: str) -> FileName:
+    if len(value) < 66:
+        raise CorruptError("$FILE_NAME is truncated", source=source)
+    ref, c, m, ch, a, alloc, size, flags, reparse, nlen, ns = struct.unpack_from(
+        "<QQQQQQQIIBB", value
+    )
+    if 66 + 2 * nlen > len(value):
+        raise CorruptError("$FILE_NAME name runs past its value", source=source)
+    if ns > 3:
+        raise CorruptError(f"$FILE_NAME namespace {ns} is not valid", source=source)
+    name = _utf16(value[66 : 66 + 2 * nlen])
+    return FileName(ref & MFT_REF_MASK, ref >> 48, c, m, ch, a, alloc, size, flags, reparse,
+                    ns, name)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class AttributeListEntry:
+    type: int
+    name: str
+    start_vcn: int
+    record: int
+    seq: int
+    id: int
+
+
+def parse_attribute_list(
+    value: bytes, source: str, max_entries: int = 1 << 16
+) -> list[AttributeListEntry]:
+    out: list[AttributeListEntry] = []
+    pos = 0
+    while pos + 26 <= len(value):
+        atype, length, nlen, noff, vcn, ref, aid = struct.unpack_from("<IHBBQQH", value, pos)
+        if atype == END or atype == 0:
+            break
+        if length < 26 or pos + length > len(value) or noff + 2 * nlen > length:
+            raise CorruptError(f"$ATTRIBUTE_LIST entry at {pos} is not valid", source=source)
+        if len(out) >= max_entries:
+            raise CorruptError("$ATTRIBUTE_LIST has too many entries", source=source)
+        name = _utf16(value[pos + noff : pos + noff + 2 * nlen])
+        out.append(AttributeListEntry(atype, name, vcn, ref & MFT_REF_MASK, ref >> 48, aid))
+        pos += length
+    return out

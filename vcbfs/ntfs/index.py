@@ -1,0 +1,153 @@
+"""Directory indexes ($I30): B+ trees of $FILE_NAME keys in $INDEX_ROOT and INDX blocks.
+
+The root node lives in the record's $INDEX_ROOT; larger directories keep further nodes in INDX
+blocks of $INDEX_ALLOCATION, each protected by fixups.  An entry with the sub-node flag points
+(by VCN) to the node holding the keys that sort before it; the last entry of a node has no key.
+Enumeration walks the tree in order; lookup descends by the volume's collation.  Walks are
+bounded: a node visited twice is a loop, and depth is limited.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from vcbfs.blocks.lru import LRU
+from vcbfs.blocks.source import ByteSource, read_exact
+from vcbfs.errors import CorruptError
+from vcbfs.ntfs.attributes import MFT_REF_MASK, FileName, parse_file_name
+from vcbfs.ntfs.fixup import apply_fixups
+from vcbfs.ntfs.names import UpCase
+
+__all__ = ["DirectoryIndex", "IndexEntry"]
+
+ENTRY_SUBNODE = 0x01
+ENTRY_LAST = 0x02
+MAX_DEPTH = 64
+MAX_ENTRIES_PER_NODE = 1 << 14
+_NODE = struct.Struct("<IIIB")
+_ENTRY = struct.Struct("<QHHH")
+
+
+@dataclass(frozen=True, slots=True)
+class IndexEntry:
+    record: int
+    seq: int
+    key: FileName | None  # None for the last entry of a node
+    subnode: int | None  # VCN of the child node
+
+
+def parse_node(buf: bytes | bytearray, at: int, source: str, where: str) -> list[IndexEntry]:
+    """The entries of an index node whose header starts at ``at`` in ``buf``."""
+    if at + 16 > len(buf):
+        raise CorruptError(f"{where}: index node header truncated", source=source)
+    first, used, _alloc, _flags = _NODE.unpack_from(buf, at)
+    pos, end = at + first, at + used
+    if first < 16 or end > len(buf) or pos > end:
+        raise CorruptError(f"{where}: index node sizes are not valid", source=source)
+    out: list[IndexEntry] = []
+    while True:
+        if pos + 16 > end:
+            raise CorruptError(f"{where}: index entries run past the node", source=source)
+        ref, length, key_len, flags = _ENTRY.unpack_from(buf, pos)
+        if length < 16 or length % 8 or pos + length > end or 16 + key_len > length:
+            raise CorruptError(f"{where}: index entry length {length} is not valid", source=source)
+        subnode = None
+        if flags & ENTRY_SUBNODE:
+            if length < 24:
+                raise CorruptError(f"{where}: index entry too short for its sub-node",
+                                   source=source)  # fmt: skip
+            subnode = int.from_bytes(buf[pos + length - 8 : pos + length], "little")
+        if flags & ENTRY_LAST:
+            out.append(IndexEntry(0, 0, None, subnode))
+            return out
+        key = parse_file_name(bytes(buf[pos + 16 : pos + 16 + key_len]), source)
+        out.append(IndexEntry(ref & MFT_REF_MASK, ref >> 48, key, subnode))
+        if len(out) > MAX_ENTRIES_PER_NODE:
+            raise CorruptError(f"{where}: too many entries in one index node", source=source)
+        pos += length
+
+
+class DirectoryIndex:
+    """The $I30 index of one directory."""
+
+    def __init__(
+        self,
+        root_value: bytes,
+        allocation: ByteSource | None,
+        block_size: int,
+        vcn_size: int,
+        upcase: UpCase,
+        name: str,
+    ):
+        self.name = name
+        self.upcase = upcase
+        if len(root_value) < 32:
+            raise CorruptError("$INDEX_ROOT is truncated", source=name)
+        self.root = parse_node(root_value, 16, name, "$INDEX_ROOT")
+        self.allocation = allocation
+        self.block_size = block_size
+        self.vcn_size = vcn_size
+        self._nodes: LRU[int, list[IndexEntry]] = LRU(256)
+
+    def _node(self, vcn: int) -> list[IndexEntry]:
+        cached = self._nodes.get(vcn)
+        if cached is not None:
+            return cached
+        if self.allocation is None:
+            raise CorruptError("index entry points to a sub-node but there is no "
+                               "$INDEX_ALLOCATION", source=self.name)  # fmt: skip
+        offset = vcn * self.vcn_size
+        raw = read_exact(self.allocation, offset, self.block_size, f"index block at VCN {vcn}")
+        buf = apply_fixups(raw, b"INDX", self.name, offset)
+        if int.from_bytes(buf[16:24], "little") != vcn:
+            raise CorruptError(f"index block at VCN {vcn} says it is another", source=self.name)
+        node = parse_node(buf, 24, self.name, f"index block at VCN {vcn}")
+        self._nodes.put(vcn, node)
+        return node
+
+    def entries(self) -> Iterator[IndexEntry]:
+        """Every entry with a key, in collation order."""
+        seen: set[int] = set()
+
+        def walk(node: list[IndexEntry], depth: int) -> Iterator[IndexEntry]:
+            if depth > MAX_DEPTH:
+                raise CorruptError("index tree is deeper than 64 levels", source=self.name)
+            for e in node:
+                if e.subnode is not None:
+                    if e.subnode in seen:
+                        raise CorruptError(f"index tree loops at VCN {e.subnode}",
+                                           source=self.name)  # fmt: skip
+                    seen.add(e.subnode)
+                    yield from walk(self._node(e.subnode), depth + 1)
+                if e.key is not None:
+                    yield e
+
+        return walk(self.root, 0)
+
+    def find(self, name: str) -> list[IndexEntry]:
+        """Entries whose name equals ``name`` ignoring case (by the volume's $UpCase)."""
+        target = self.upcase.fold(name)
+        out: list[IndexEntry] = []
+        seen: set[int] = set()
+
+        def search(node: list[IndexEntry], depth: int) -> None:
+            if depth > MAX_DEPTH:
+                raise CorruptError("index tree is deeper than 64 levels", source=self.name)
+            for e in node:
+                c = -1 if e.key is None else _cmp(target, self.upcase.fold(e.key.name))
+                if c <= 0 and e.subnode is not None and e.subnode not in seen:
+                    seen.add(e.subnode)
+                    search(self._node(e.subnode), depth + 1)
+                if c == 0 and e.key is not None:
+                    out.append(e)
+                if c < 0:
+                    return
+
+        search(self.root, 0)
+        return out
+
+
+def _cmp(a: bytes, b: bytes) -> int:
+    return (a > b) - (a < b)

@@ -1,0 +1,160 @@
+"""The Master File Table: records by number, each with all its attributes.
+
+Opening bootstraps $MFT from its own record 0: the runs of record 0's $DATA locate the first
+part of the table; if $MFT is so fragmented that its $DATA continues in extension records (named
+by record 0's $ATTRIBUTE_LIST), those are read through the first part and the map is completed.
+Nothing else is read at open, so opening is instant however many files the volume holds.
+
+A file whose attributes do not fit one record has an $ATTRIBUTE_LIST naming extension records;
+``attributes(n)`` gathers them, in the list's order, checking each extension belongs to ``n``.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from vcbfs.blocks.lru import LRU
+from vcbfs.blocks.source import ByteSource, read_exact
+from vcbfs.errors import CorruptError, NotFoundError
+from vcbfs.ntfs.attributes import (
+    AT,
+    MFT_REF_MASK,
+    Attribute,
+    parse_attribute_list,
+    parse_attributes,
+)
+from vcbfs.ntfs.boot import BootSector
+from vcbfs.ntfs.fixup import apply_fixups
+from vcbfs.ntfs.stream import AttributeStream, open_stream
+
+__all__ = ["FileRecord", "Mft"]
+
+_RECORD = struct.Struct("<4sHHQHHHHIIQHxxI")
+FLAG_IN_USE = 0x01
+FLAG_DIRECTORY = 0x02
+RECORD_CACHE = 8192
+MAX_EXTENSIONS = 4096
+
+
+@dataclass(slots=True)
+class FileRecord:
+    number: int
+    sequence: int
+    flags: int
+    link_count: int
+    base: int  # record number of the base record; 0 for a base record
+    attributes: list[Attribute]
+
+    @property
+    def in_use(self) -> bool:
+        return bool(self.flags & FLAG_IN_USE)
+
+    @property
+    def is_dir(self) -> bool:
+        return bool(self.flags & FLAG_DIRECTORY)
+
+
+class Mft:
+    """Read MFT records of a volume; records are cached (bounded)."""
+
+    def __init__(self, volume: ByteSource, boot: BootSector):
+        self.volume = volume
+        self.boot = boot
+        self.record_size = boot.record_size
+        self.name = volume.name
+        self._cache: LRU[int, FileRecord] = LRU(RECORD_CACHE)
+        rec0 = self._parse(
+            read_exact(volume, boot.mft_lcn * boot.cluster_size, boot.record_size, "$MFT record 0"),
+            0,
+            boot.mft_lcn * boot.cluster_size,
+        )
+        data = [a for a in rec0.attributes if a.type == AT.DATA and not a.name]
+        if not data or data[0].resident:
+            raise CorruptError("$MFT has no non-resident $DATA", source=self.name)
+        self.stream: ByteSource = AttributeStream(
+            volume, boot.cluster_size, data, "$MFT", boot.cluster_count, partial=True
+        )
+        lists = [a for a in rec0.attributes if a.type == AT.ATTRIBUTE_LIST]
+        if lists:
+            entries = parse_attribute_list(self._value(lists), self.name)
+            extra = {e.record for e in entries if e.type == AT.DATA and not e.name and e.record}
+            for n in sorted(extra):
+                rec = self.record(n)
+                data.extend(a for a in rec.attributes if a.type == AT.DATA and not a.name)
+            self.stream = AttributeStream(
+                volume, boot.cluster_size, data, "$MFT", boot.cluster_count
+            )
+            self._cache.clear()
+        self.record_count = self.stream.size // self.record_size
+
+    def _value(self, extents: list[Attribute]) -> bytes:
+        stream = open_stream(self.volume, self.boot.cluster_size, extents, self.name,
+                             self.boot.cluster_count)  # fmt: skip
+        if stream.size > 16 << 20:
+            raise CorruptError("$ATTRIBUTE_LIST is larger than 16 MiB", source=self.name)
+        return stream.read_at(0, stream.size)
+
+    def value(self, extents: list[Attribute]) -> bytes:
+        """The whole value of a (small) attribute: lists, security descriptors, reparse data."""
+        return self._value(extents)
+
+    def _parse(self, raw: bytes, number: int, offset: int) -> FileRecord:
+        buf = apply_fixups(raw, b"FILE", self.name, offset)
+        (_m, _uo, _uc, _lsn, seq, links, first, flags, used, alloc, base, _next, _num) = (
+            _RECORD.unpack_from(buf)
+        )
+        if used > len(buf) or alloc != len(buf) or first < 42 or first >= used:
+            raise CorruptError(
+                f"MFT record {number}: header sizes are not valid (used {used}, first {first})",
+                source=self.name,
+                offset=offset,
+            )
+        attrs = parse_attributes(buf, first, used, number, self.name, offset)
+        return FileRecord(number, seq, flags, links, base & MFT_REF_MASK, attrs)
+
+    def record(self, number: int) -> FileRecord:
+        """MFT record ``number`` (fixups applied, attributes parsed)."""
+        cached = self._cache.get(number)
+        if cached is not None:
+            return cached
+        if not 0 <= number < getattr(self, "record_count", self.stream.size // self.record_size):
+            raise NotFoundError(f"MFT record {number} does not exist", source=self.name)
+        offset = number * self.record_size
+        raw = read_exact(self.stream, offset, self.record_size, f"MFT record {number}")
+        rec = self._parse(raw, number, offset)
+        self._cache.put(number, rec)
+        return rec
+
+    def attributes(self, number: int) -> tuple[FileRecord, list[Attribute]]:
+        """A base record and all its attributes, from extension records too."""
+        rec = self.record(number)
+        lists = [a for a in rec.attributes if a.type == AT.ATTRIBUTE_LIST]
+        if not lists:
+            return rec, rec.attributes
+        entries = parse_attribute_list(self._value(lists), f"{self.name} record {number}")
+        records = {number: rec}
+        out: list[Attribute] = []
+        for e in entries:
+            ext = records.get(e.record)
+            if ext is None:
+                if len(records) > MAX_EXTENSIONS:
+                    raise CorruptError(f"record {number} has too many extension records",
+                                       source=self.name)  # fmt: skip
+                ext = self.record(e.record)
+                if ext.base != number:
+                    raise CorruptError(
+                        f"record {number}'s attribute list names record {e.record}, "
+                        f"which belongs to record {ext.base}",
+                        source=self.name,
+                    )
+                records[e.record] = ext
+            match = [a for a in ext.attributes if a.id == e.id and a.type == e.type]
+            if not match:
+                raise CorruptError(
+                    f"record {number}'s attribute list names attribute {e.id} in record "
+                    f"{e.record}, which has none",
+                    source=self.name,
+                )
+            out.append(match[0])
+        return rec, out

@@ -1,0 +1,280 @@
+"""The public face of the NTFS reader: open a volume, look up paths, list, stat and read.
+
+Everything is lazy: opening reads the boot sector, $MFT's record 0, $UpCase and $Volume; a
+directory is read when it is listed or looked into; a file's data when it is read.  Caches of
+records and directory indexes are bounded, so a volume with millions of files costs the same to
+open as an empty one.  Errors in one record or index are typed and stay with that entry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from vcbfs.blocks.lru import LRU
+from vcbfs.blocks.source import ByteSource
+from vcbfs.errors import CorruptError, NotADirectory, NotFoundError, UnsupportedError
+from vcbfs.ntfs.attributes import (
+    AT,
+    NS_DOS,
+    Attribute,
+    FileName,
+    StandardInformation,
+    filetime_ns,
+    parse_file_name,
+    parse_standard_information,
+)
+from vcbfs.ntfs.boot import BootSector, read_boot_sector
+from vcbfs.ntfs.index import DirectoryIndex
+from vcbfs.ntfs.mft import FileRecord, Mft
+from vcbfs.ntfs.names import UpCase, default_upcase
+from vcbfs.ntfs.reparse import Reparse, parse_reparse
+from vcbfs.ntfs.stream import open_stream
+
+__all__ = ["DirEntry", "NtfsStat", "NtfsVolume"]
+
+ROOT = 5
+FIRST_USER_RECORD = 16  # records below are metafiles ($MFT, $Bitmap, ..., $Extend): not listed
+UPCASE_RECORD = 10
+VOLUME_RECORD = 3
+FILE_ATTRIBUTE_DIRECTORY = 0x10
+FILE_ATTRIBUTE_REPARSE_POINT = 0x400
+FILE_ATTRIBUTE_ENCRYPTED = 0x4000
+DUP_DIRECTORY = 0x10000000  # $FILE_NAME flag: the file is a directory
+
+
+@dataclass(frozen=True, slots=True)
+class DirEntry:
+    name: str
+    record: int
+    sequence: int
+    is_dir: bool
+
+
+@dataclass(frozen=True, slots=True)
+class NtfsStat:
+    record: int
+    sequence: int
+    is_dir: bool
+    size: int
+    allocated: int
+    links: int
+    created: int  # nanoseconds since the Unix epoch
+    modified: int
+    changed: int  # the MFT record's change time
+    accessed: int
+    attributes: int  # Windows FILE_ATTRIBUTE_* bits
+    security_id: int | None
+    reparse: Reparse | None
+    encrypted: bool
+
+
+@dataclass(slots=True)
+class _Node:
+    record: FileRecord
+    attrs: list[Attribute]
+
+    def find(self, atype: int, name: str = "") -> list[Attribute]:
+        return [a for a in self.attrs if a.type == atype and a.name == name]
+
+
+class NtfsVolume:
+    """A read-only NTFS volume over a byte source (a partition of a virtual disk)."""
+
+    def __init__(self, source: ByteSource):
+        self.source = source
+        self.name = source.name
+        self.boot: BootSector = read_boot_sector(source)
+        self.mft = Mft(source, self.boot)
+        self.notes: list[str] = []
+        if self.boot.from_backup:
+            self.notes.append("primary boot sector is damaged; using the backup")
+        self._nodes: LRU[int, _Node] = LRU(4096)
+        self._indexes: LRU[int, DirectoryIndex] = LRU(256)
+        self.upcase = self._load_upcase()
+        self.label, self.version = self._load_volume_info()
+
+    # -- records -------------------------------------------------------------------------
+
+    def _node(self, number: int) -> _Node:
+        node = self._nodes.get(number)
+        if node is None:
+            rec, attrs = self.mft.attributes(number)
+            if not rec.in_use:
+                raise NotFoundError(f"MFT record {number} is not in use", source=self.name)
+            if rec.base:
+                raise NotFoundError(f"MFT record {number} is an extension record",
+                                    source=self.name)  # fmt: skip
+            node = _Node(rec, attrs)
+            self._nodes.put(number, node)
+        return node
+
+    def _stream(self, node: _Node, atype: int, name: str = "") -> ByteSource | None:
+        extents = node.find(atype, name)
+        if not extents:
+            return None
+        label = f"{self.name}: record {node.record.number}"
+        if name:
+            label += f":{name}"
+        return open_stream(self.source, self.boot.cluster_size, extents, label,
+                           self.boot.cluster_count)  # fmt: skip
+
+    def _small_value(
+        self, node: _Node, atype: int, name: str = "", limit: int = 1 << 20
+    ) -> bytes | None:
+        stream = self._stream(node, atype, name)
+        if stream is None:
+            return None
+        if stream.size > limit:
+            raise CorruptError(f"attribute {atype:#x} is larger than {limit} bytes",
+                               source=self.name)  # fmt: skip
+        return stream.read_at(0, stream.size)
+
+    def _load_upcase(self) -> UpCase:
+        try:
+            table = self._small_value(self._node(UPCASE_RECORD), AT.DATA, limit=1 << 17)
+            if table is None:
+                raise CorruptError("$UpCase has no data", source=self.name)
+            return UpCase(table, f"{self.name}: $UpCase")
+        except (CorruptError, NotFoundError) as exc:
+            self.notes.append(f"$UpCase unreadable ({exc}); using Unicode upper case")
+            return default_upcase()
+
+    def _load_volume_info(self) -> tuple[str, str]:
+        try:
+            node = self._node(VOLUME_RECORD)
+            label = (self._small_value(node, AT.VOLUME_NAME) or b"").decode("utf-16-le", "replace")
+            info = self._small_value(node, AT.VOLUME_INFORMATION) or b""
+            version = f"{info[8]}.{info[9]}" if len(info) >= 10 else "?"
+            return label, version
+        except (CorruptError, NotFoundError) as exc:
+            self.notes.append(f"$Volume unreadable ({exc})")
+            return "", "?"
+
+    # -- the face --------------------------------------------------------------------------
+
+    def stat(self, number: int) -> NtfsStat:
+        node = self._node(number)
+        si_attr = node.find(AT.STANDARD_INFORMATION)
+        if not si_attr or not si_attr[0].resident:
+            raise CorruptError(f"record {number} has no $STANDARD_INFORMATION", source=self.name)
+        si: StandardInformation = parse_standard_information(si_attr[0].value, self.name)
+        is_dir = node.record.is_dir
+        data = node.find(AT.DATA)
+        size = allocated = 0
+        if data:
+            first = min(data, key=lambda a: a.start_vcn)
+            size = first.size
+            allocated = _allocated(first, self.boot.cluster_size)
+        reparse = None
+        if si.attributes & FILE_ATTRIBUTE_REPARSE_POINT or node.find(AT.REPARSE_POINT):
+            value = self._small_value(node, AT.REPARSE_POINT, limit=16 << 10)
+            if value is not None:
+                reparse = parse_reparse(value, f"{self.name}: record {number}")
+        return NtfsStat(
+            record=number,
+            sequence=node.record.sequence,
+            is_dir=is_dir,
+            size=size,
+            allocated=allocated,
+            links=self._link_count(node),
+            created=filetime_ns(si.created),
+            modified=filetime_ns(si.modified),
+            changed=filetime_ns(si.changed),
+            accessed=filetime_ns(si.accessed),
+            attributes=si.attributes,
+            security_id=si.security_id,
+            reparse=reparse,
+            encrypted=bool(si.attributes & FILE_ATTRIBUTE_ENCRYPTED),
+        )
+
+    def _link_count(self, node: _Node) -> int:
+        """Names other than DOS-only ones: what a POSIX reader counts as hard links."""
+        names = [parse_file_name(a.value, self.name) for a in node.find(AT.FILE_NAME)]
+        return max(1, sum(1 for fn in names if fn.namespace != NS_DOS))
+
+    def names(self, number: int) -> list[FileName]:
+        """The $FILE_NAME attributes of a record (every hard link, every namespace)."""
+        return [parse_file_name(a.value, self.name) for a in self._node(number).find(AT.FILE_NAME)]
+
+    def _index(self, number: int) -> DirectoryIndex:
+        index = self._indexes.get(number)
+        if index is not None:
+            return index
+        node = self._node(number)
+        if not node.record.is_dir:
+            raise NotADirectory(f"record {number} is not a directory", source=self.name)
+        root = node.find(AT.INDEX_ROOT, "$I30")
+        if not root or not root[0].resident:
+            raise CorruptError(f"directory record {number} has no $INDEX_ROOT", source=self.name)
+        block = int.from_bytes(root[0].value[8:12], "little")
+        if block < 512 or block > 1 << 16 or block & (block - 1):
+            raise CorruptError(f"index block size {block} is not valid", source=self.name)
+        vcn_size = self.boot.cluster_size if block >= self.boot.cluster_size else 512
+        allocation = self._stream(node, AT.INDEX_ALLOCATION, "$I30")
+        index = DirectoryIndex(root[0].value, allocation, block, vcn_size, self.upcase,
+                               f"{self.name}: directory record {number}")  # fmt: skip
+        self._indexes.put(number, index)
+        return index
+
+    def iterdir(self, number: int = ROOT) -> Iterator[DirEntry]:
+        """The directory's entries in index order, without DOS-only names and metafiles."""
+        for e in self._index(number).entries():
+            key = e.key
+            assert key is not None
+            if key.namespace == NS_DOS or e.record < FIRST_USER_RECORD:
+                continue
+            yield DirEntry(key.name, e.record, e.seq, bool(key.flags & DUP_DIRECTORY))
+
+    def child(self, number: int, name: str) -> DirEntry:
+        """The entry ``name`` in a directory: an exact match first, else one ignoring case."""
+        found = [
+            e for e in self._index(number).find(name)
+            if e.key is not None and e.key.namespace != NS_DOS and e.record >= FIRST_USER_RECORD
+        ]  # fmt: skip
+        if not found:
+            raise NotFoundError(f"no {name!r} in directory record {number}", source=self.name)
+        exact = [e for e in found if e.key is not None and e.key.name == name]
+        e = (exact or found)[0]
+        assert e.key is not None
+        return DirEntry(e.key.name, e.record, e.seq, bool(e.key.flags & DUP_DIRECTORY))
+
+    def lookup(self, path: str) -> int:
+        """The record number of ``path`` ('/'- or '\\'-separated, from the root)."""
+        number = ROOT
+        for part in path.replace("\\", "/").split("/"):
+            if part in ("", "."):
+                continue
+            number = self.child(number, part).record
+        return number
+
+    def open(self, number: int, stream: str = "") -> ByteSource:
+        """The unnamed data of a file, or its named stream ``stream``."""
+        node = self._node(number)
+        if not node.find(AT.DATA, stream):
+            what = f"stream {stream!r}" if stream else "data"
+            raise NotFoundError(f"record {number} has no {what}", source=self.name)
+        first = min(node.find(AT.DATA, stream), key=lambda a: a.start_vcn)
+        if first.encrypted:
+            raise UnsupportedError(f"record {number} is EFS-encrypted", source=self.name)
+        src = self._stream(node, AT.DATA, stream)
+        assert src is not None
+        return src
+
+    def streams(self, number: int) -> list[tuple[str, int]]:
+        """Named data streams (alternate data streams) and their sizes."""
+        node = self._node(number)
+        out = {}
+        for a in node.attrs:
+            if a.type == AT.DATA and a.name and (a.name not in out or a.start_vcn == 0):
+                out[a.name] = a.size
+        return sorted(out.items())
+
+    def reparse(self, number: int) -> Reparse | None:
+        return self.stat(number).reparse
+
+
+def _allocated(attr: Attribute, cluster_size: int) -> int:
+    if attr.resident:
+        return 0
+    return attr.allocated_size
