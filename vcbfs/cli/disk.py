@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from datetime import UTC, datetime
 from typing import Any
 
 from vcbfs.blocks.copy import copy_to_fd
@@ -18,6 +19,7 @@ from vcbfs.blocks.source import ByteSource
 from vcbfs.blocks.vmdk.disk import VirtualDisk, open_disk
 from vcbfs.cli.common import add_location_options, location_from_args
 from vcbfs.errors import NotFoundError
+from vcbfs.ntfs.volume import NtfsVolume
 
 __all__ = ["register"]
 
@@ -32,11 +34,28 @@ def register(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     add_location_options(info)
     info.set_defaults(run=run_info)
 
-    cat = sub.add_parser("cat", help="write the raw bytes of a disk or a partition to stdout")
+    cat = sub.add_parser(
+        "cat", help="write a disk, a partition, or a file inside an NTFS volume to stdout"
+    )
     cat.add_argument("path", metavar="PATH", help="a .vmdk, a raw image, or an https URL")
+    cat.add_argument(
+        "file",
+        metavar="FILE[:STREAM]",
+        nargs="?",
+        help="a file in the NTFS volume (and one of its named streams)",
+    )
     cat.add_argument("--partition", type=int, metavar="N", help="only partition N")
     add_location_options(cat)
     cat.set_defaults(run=run_cat)
+
+    ls = sub.add_parser("ls", help="list a directory of an NTFS volume inside a disk")
+    ls.add_argument("path", metavar="PATH", help="a .vmdk, a raw image, or an https URL")
+    ls.add_argument("dir", metavar="DIR", nargs="?", default="/", help="directory (default /)")
+    ls.add_argument("--partition", type=int, metavar="N", help="the volume in partition N")
+    ls.add_argument("-l", dest="long", action="store_true", help="sizes, times, attributes")
+    ls.add_argument("--json", action="store_true", help="print JSON")
+    add_location_options(ls)
+    ls.set_defaults(run=run_ls)
 
 
 def run_info(args: argparse.Namespace) -> int:
@@ -53,21 +72,103 @@ def run_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _partition(disk: ByteSource, number: int) -> ByteSource:
+    table = read_partitions(disk)
+    matches = [p for p in table.partitions if p.number == number]
+    if not matches:
+        numbers = ", ".join(str(p.number) for p in table.partitions) or "none"
+        raise NotFoundError(f"no partition {number} (partitions: {numbers})", source=disk.name)
+    return matches[0].source(disk)
+
+
+def _volume(disk: ByteSource, number: int | None) -> NtfsVolume:
+    """The NTFS volume in partition ``number``, or the only one there is."""
+    if number is not None:
+        return NtfsVolume(_partition(disk, number))
+    if disk.read_at(3, 8) == b"NTFS    ":  # a bare volume image, no partition table
+        return NtfsVolume(disk)
+    table = read_partitions(disk)
+    found = []
+    for p in table.partitions:
+        if not p.supported:
+            continue
+        if p.source(disk).read_at(3, 8) == b"NTFS    ":
+            found.append(p)
+    if len(found) != 1:
+        numbers = ", ".join(str(p.number) for p in found) or "none"
+        raise NotFoundError(
+            f"choose a volume with --partition (NTFS partitions: {numbers})", source=disk.name
+        )
+    return NtfsVolume(found[0].source(disk))
+
+
 def run_cat(args: argparse.Namespace) -> int:
     with open_disk(location_from_args(args.path, args)) as disk:
         source: ByteSource = disk
-        if args.partition is not None:
-            table = read_partitions(disk)
-            matches = [p for p in table.partitions if p.number == args.partition]
-            if not matches:
-                numbers = ", ".join(str(p.number) for p in table.partitions) or "none"
-                raise NotFoundError(
-                    f"no partition {args.partition} (partitions: {numbers})", source=disk.name
-                )
-            source = matches[0].source(disk)
+        if args.file is not None:
+            volume = _volume(disk, args.partition)
+            path, stream = _split_stream(args.file)
+            source = volume.open(volume.lookup(path), stream)
+        elif args.partition is not None:
+            source = _partition(disk, args.partition)
         sys.stdout.flush()
         copy_to_fd(source, sys.stdout.fileno())
     return 0
+
+
+def _split_stream(spec: str) -> tuple[str, str]:
+    """``dir/file.txt:stream`` -> (path, stream); Windows names cannot hold a colon."""
+    head, _, last = spec.replace("\\", "/").rpartition("/")
+    name, colon, stream = last.partition(":")
+    return (f"{head}/{name}" if head else name), (stream if colon else "")
+
+
+def run_ls(args: argparse.Namespace) -> int:
+    with open_disk(location_from_args(args.path, args)) as disk:
+        volume = _volume(disk, args.partition)
+        number = volume.lookup(args.dir)
+        rows = []
+        for entry in volume.iterdir(number):
+            row: dict[str, Any] = {
+                "name": entry.name,
+                "record": entry.record,
+                "type": "dir" if entry.is_dir else "file",
+            }
+            if args.long or args.json:
+                st = volume.stat(entry.record)
+                if st.reparse is not None:
+                    row["type"] = st.reparse.kind
+                    if st.reparse.target:
+                        row["target"] = st.reparse.target
+                row.update(
+                    size=st.size,
+                    allocated=st.allocated,
+                    links=st.links,
+                    modified=_iso(st.modified),
+                    attributes=f"0x{st.attributes:08x}",
+                )
+                streams = volume.streams(entry.record)
+                if streams:
+                    row["streams"] = {name: size for name, size in streams}
+            rows.append(row)
+        if args.json:
+            json.dump(rows, sys.stdout, indent=2, ensure_ascii=False)
+            sys.stdout.write("\n")
+        elif args.long:
+            for r in rows:
+                link = f" -> {r['target']}" if "target" in r else ""
+                sys.stdout.write(
+                    f"{r['type']:<9} {r['links']:>3} {r['size']:>14} "
+                    f"{r['modified']}  {r['name']}{link}\n"
+                )
+        else:
+            for r in rows:
+                sys.stdout.write(r["name"] + ("/" if r["type"] == "dir" else "") + "\n")
+    return 0
+
+
+def _iso(ns: int) -> str:
+    return datetime.fromtimestamp(ns / 1e9, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _table_info(table: PartitionTable) -> dict[str, Any]:
