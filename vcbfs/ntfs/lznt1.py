@@ -21,7 +21,8 @@ follows ntfs-3g and Windows (as Wine and ReactOS model it): the signature bits a
 a chunk that produces less than 4096 bytes is zero-padded before the next chunk, and once
 the unit is full the rest of the data is ignored.  Anything that would read or write out of
 bounds is a CorruptError: a truncated chunk or token, a reference before the chunk start,
-more than 4096 bytes from one chunk or more than ``unit_size`` from the unit.
+more than 4096 bytes from one chunk, or output past ``unit_size`` (possible only for a unit
+size that is not a multiple of 4096).
 
 Pure Python, so the inner loop avoids per-byte work: each flag value has a precomputed plan
 of literal runs (copied with one slice) and references (copied with one slice, or with a
@@ -39,86 +40,118 @@ CHUNK_SIZE = 4096
 
 
 def _plans() -> tuple[tuple[int, ...], ...]:
-    """For each flag byte: its 8 tokens as runs, +n for n literals, -n for n references."""
+    """Each flag byte's 8 tokens in order: n > 0 for n literals in a row, 0 for a reference."""
     plans = []
     for flags in range(256):
         plan: list[int] = []
         bit = 0
         while bit < 8:
-            kind = (flags >> bit) & 1
+            if (flags >> bit) & 1:
+                plan.append(0)
+                bit += 1
+                continue
             n = 0
-            while bit < 8 and (flags >> bit) & 1 == kind:
+            while bit < 8 and not (flags >> bit) & 1:
                 n += 1
                 bit += 1
-            plan.append(-n if kind else n)
+            plan.append(n)
         plans.append(tuple(plan))
     return tuple(plans)
 
 
 _PLANS = _plans()
-# Length bits for a reference met after U bytes of a chunk: 16 - max(4, ceil(log2(U))).
-# U = 0 cannot hold a valid reference (the displacement check rejects it); its entry is 12.
-_LEN_BITS = tuple(16 - max(4, (u - 1).bit_length()) for u in range(CHUNK_SIZE + 1))
+# Length bits of a reference met after U bytes of a chunk: 16 - max(4, ceil(log2(U))).  U = 0
+# cannot hold a valid reference (the displacement check rejects it).  The tables run 16 past
+# the chunk size because a flag group's literals are only checked against it at the group's end.
+_LEN_BITS = tuple(16 - max(4, min(12, (u - 1).bit_length())) for u in range(CHUNK_SIZE + 17))
 _LEN_MASK = tuple((1 << b) - 1 for b in _LEN_BITS)
+
+
+def _bad_reference(pos: int, disp: int, length: int, n: int, source: str | None) -> CorruptError:
+    if disp > n:
+        why = f"reaches {disp} bytes back, only {n} produced"
+    else:
+        why = f"of {length} bytes at output byte {n} runs past the chunk's {CHUNK_SIZE} bytes"
+    return CorruptError(f"LZNT1: back-reference at byte {pos} {why}", source=source)
+
+
+def _too_long(pos: int, source: str | None) -> CorruptError:
+    return CorruptError(
+        f"LZNT1: literals at byte {pos} run past the chunk's {CHUNK_SIZE} bytes", source=source
+    )
 
 
 def _inflate(src: bytes, pos: int, end: int, out: bytearray, source: str | None) -> None:
     """Append the output of the compressed chunk data ``src[pos:end]`` to ``out``.
 
-    Error messages give offsets in ``src``.
+    Flag groups that lie wholly before ``end`` take a path without bounds checks on the
+    input; the last one or two groups take the checked path.  Error messages give offsets
+    in ``src``.
     """
-    base = len(out)
-    n = 0  # bytes produced by this chunk
+    base = o = len(out)  # o: where the next output byte goes
+    limit = base + CHUNK_SIZE
     plans, len_bits, len_mask = _PLANS, _LEN_BITS, _LEN_MASK
+    append = out.append
     while pos < end:
+        group = pos
         plan = plans[src[pos]]
         pos += 1
-        for step in plan:
-            if step > 0:
-                stop = pos + step
-                if stop > end:
-                    stop = end
-                n += stop - pos
-                if n > CHUNK_SIZE:
-                    raise CorruptError(
-                        f"LZNT1: literal at byte {pos} runs past {CHUNK_SIZE} bytes of output",
-                        source=source,
-                    )
-                out += src[pos:stop]
-                pos = stop
-            else:
-                for _ in range(-step):
-                    if pos >= end:
-                        break
-                    if pos + 1 >= end:
-                        raise CorruptError(
-                            f"LZNT1: back-reference at byte {pos} is cut off by the chunk end",
-                            source=source,
-                        )
+        if pos + 16 <= end:  # 8 tokens of at most 2 bytes: all in bounds
+            for step in plan:
+                if step == 1:
+                    append(src[pos])
+                    pos += 1
+                    o += 1
+                elif step:
+                    out += src[pos : pos + step]
+                    pos += step
+                    o += step
+                else:
+                    n = o - base
                     token = src[pos] | (src[pos + 1] << 8)
                     length = (token & len_mask[n]) + 3
                     disp = (token >> len_bits[n]) + 1
-                    if disp > n:
-                        raise CorruptError(
-                            f"LZNT1: back-reference at byte {pos} reaches {disp} bytes back, "
-                            f"only {n} produced",
-                            source=source,
-                        )
-                    if n + length > CHUNK_SIZE:
-                        raise CorruptError(
-                            f"LZNT1: back-reference at byte {pos} runs past {CHUNK_SIZE} "
-                            "bytes of output",
-                            source=source,
-                        )
-                    start = base + n - disp
+                    if disp > n or o + length > limit:
+                        raise _bad_reference(pos, disp, length, n, source)
+                    start = o - disp
                     if disp >= length:
                         out += out[start : start + length]
                     else:  # overlaps its own output: the last disp bytes repeat
                         out += (out[start:] * (length // disp + 1))[:length]
-                    n += length
+                    o += length
                     pos += 2
+            if o > limit:
+                raise _too_long(group, source)
+            continue
+        for step in plan:  # the chunk ends inside this group
             if pos >= end:
                 break
+            if step:
+                stop = min(pos + step, end)
+                out += src[pos:stop]
+                o += stop - pos
+                if o > limit:
+                    raise _too_long(pos, source)
+                pos = stop
+                continue
+            if pos + 1 >= end:
+                raise CorruptError(
+                    f"LZNT1: back-reference at byte {pos} is cut off by the chunk end",
+                    source=source,
+                )
+            n = o - base
+            token = src[pos] | (src[pos + 1] << 8)
+            length = (token & len_mask[n]) + 3
+            disp = (token >> len_bits[n]) + 1
+            if disp > n or o + length > limit:
+                raise _bad_reference(pos, disp, length, n, source)
+            start = o - disp
+            if disp >= length:
+                out += out[start : start + length]
+            else:
+                out += (out[start:] * (length // disp + 1))[:length]
+            o += length
+            pos += 2
 
 
 def decompress_chunk(data: bytes | memoryview, *, source: str | None = None) -> bytes:
@@ -134,9 +167,7 @@ def decompress_chunk(data: bytes | memoryview, *, source: str | None = None) -> 
         return b""
     end = 2 + (header & 0xFFF) + 1
     if end > len(src):
-        raise CorruptError(
-            f"LZNT1 chunk needs {end} bytes, only {len(src)} given", source=source
-        )
+        raise CorruptError(f"LZNT1 chunk needs {end} bytes, only {len(src)} given", source=source)
     if not header & 0x8000:
         return src[2:end]
     out = bytearray()
@@ -149,9 +180,10 @@ def decompress_unit(
 ) -> bytes:
     """Decompress the chunks of one compression unit: at most ``unit_size`` bytes.
 
-    Returns what the chunks produce, which is shorter than ``unit_size`` when the unit's
-    data ends early (the end of a file); the caller zero-fills the rest of the unit.
-    A short chunk followed by another is zero-padded to 4096 bytes, as Windows does.
+    Chunk k stands for unit bytes ``4096*k`` up to ``4096*(k+1)``: a chunk that produces less
+    is zero-padded when another chunk follows (as ntfs-3g does).  Chunks past ``unit_size``
+    are ignored.  Returns what the chunks produce, which is shorter than ``unit_size`` when
+    the data ends early (the end of a file): the caller zero-fills the rest of the unit.
     """
     if unit_size <= 0:
         raise ValueError(f"unit size must be positive, not {unit_size}")
@@ -159,7 +191,8 @@ def decompress_unit(
     size = len(src)
     out = bytearray()
     pos = 0
-    while pos + 2 <= size and len(out) < unit_size:
+    slot = 0  # where this chunk's output starts in the unit
+    while pos + 2 <= size and slot < unit_size:
         header = src[pos] | (src[pos + 1] << 8)
         if header == 0:
             break
@@ -171,19 +204,17 @@ def decompress_unit(
                 f"the data ends after {size - pos}",
                 source=source,
             )
-        fill = -len(out) % CHUNK_SIZE
-        if fill:
-            if len(out) + fill >= unit_size:
-                break
-            out += bytes(fill)
+        if len(out) < slot:
+            out += bytes(slot - len(out))
         if header & 0x8000:
             _inflate(src, body, end, out, source)
         else:
             out += src[body:end]
         if len(out) > unit_size:
             raise CorruptError(
-                f"LZNT1 unit produces more than {unit_size} bytes (chunk at byte {pos})",
+                f"LZNT1 chunk at byte {pos} of the unit runs past the unit's {unit_size} bytes",
                 source=source,
             )
         pos = end
+        slot += CHUNK_SIZE
     return bytes(out)

@@ -77,7 +77,7 @@ def decode_runlist(
     if not 0 <= first_vcn <= _MAX_CN:
         raise corrupt(-1, f"first VCN {first_vcn} is out of range")
     if last_vcn is not None and not first_vcn - 1 <= last_vcn <= _MAX_CN:
-        raise corrupt(-1, f"last VCN {last_vcn} is before first VCN {first_vcn}")
+        raise corrupt(-1, f"last VCN {last_vcn} is impossible with first VCN {first_vcn}")
     lcn_limit = _MAX_CN + 1 if cluster_count is None else cluster_count
     vcn_limit = _MAX_CN + 1 if last_vcn is None else last_vcn + 1
 
@@ -119,7 +119,8 @@ def decode_runlist(
                 if lcn + length > lcn_limit:
                     limit = "the 63-bit LCN space" if cluster_count is None else "the volume"
                     raise corrupt(
-                        pos, f"run of {length} clusters at LCN {lcn} ends past {limit} ({lcn_limit})"
+                        pos,
+                        f"run of {length} clusters at LCN {lcn} ends past {limit} ({lcn_limit})",
                     )
                 run_lcn = lcn
         runs.append(Run(vcn, length, run_lcn))
