@@ -8,6 +8,7 @@ open as an empty one.  Errors in one record or index are typed and stay with tha
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -37,6 +38,7 @@ ROOT = 5
 FIRST_USER_RECORD = 16  # records below are metafiles ($MFT, $Bitmap, ..., $Extend): not listed
 UPCASE_RECORD = 10
 VOLUME_RECORD = 3
+SECURE_RECORD = 9
 FILE_ATTRIBUTE_DIRECTORY = 0x10
 FILE_ATTRIBUTE_REPARSE_POINT = 0x400
 FILE_ATTRIBUTE_ENCRYPTED = 0x4000
@@ -91,6 +93,8 @@ class NtfsVolume:
             self.notes.append("primary boot sector is damaged; using the backup")
         self._nodes: LRU[int, _Node] = LRU(4096)
         self._indexes: LRU[int, DirectoryIndex] = LRU(256)
+        self._sds: ByteSource | None = None
+        self._sds_index: dict[int, tuple[int, int]] | None = None
         self.upcase = self._load_upcase()
         self.label, self.version = self._load_volume_info()
 
@@ -272,6 +276,54 @@ class NtfsVolume:
 
     def reparse(self, number: int) -> Reparse | None:
         return self.stat(number).reparse
+
+    def security_descriptor(self, number: int) -> bytes | None:
+        """The file's self-relative security descriptor: its own, or the shared one in $Secure."""
+        node = self._node(number)
+        own = self._small_value(node, AT.SECURITY_DESCRIPTOR, limit=64 << 10)
+        if own is not None:
+            return own
+        sid = self.stat(number).security_id
+        if sid is None:
+            return None
+        where = self._security_ids().get(sid)
+        if where is None:
+            return None
+        stream = self._sds
+        assert stream is not None
+        offset, length = where
+        return stream.read_at(offset, length)
+
+    def _security_ids(self) -> dict[int, tuple[int, int]]:
+        """Security id -> (offset, length) of its descriptor in $Secure:$SDS, read once.
+
+        $SDS holds 256 KiB blocks of 16-byte aligned entries, each block followed by a mirror
+        copy; an entry is (hash, id, offset, length) and the descriptor.  Bounded by the
+        stream's size (at most 64 MiB is read).
+        """
+        if self._sds_index is not None:
+            return self._sds_index
+        index: dict[int, tuple[int, int]] = {}
+        self._sds_index = index
+        try:
+            stream = self._stream(self._node(SECURE_RECORD), AT.DATA, "$SDS")
+        except (CorruptError, NotFoundError) as exc:
+            self.notes.append(f"$Secure unreadable ({exc})")
+            return index
+        if stream is None:
+            return index
+        self._sds = stream
+        block = 256 << 10
+        for base in range(0, min(stream.size, 64 << 20), 2 * block):
+            data = stream.read_at(base, block)
+            pos = 0
+            while pos + 20 <= len(data):
+                _hash, sid, offset, length = struct.unpack_from("<IIQI", data, pos)
+                if length < 20 or pos + length > len(data) or offset != base + pos:
+                    break
+                index.setdefault(sid, (offset + 20, length - 20))
+                pos += (length + 15) & ~15
+        return index
 
 
 def _allocated(attr: Attribute, cluster_size: int) -> int:
