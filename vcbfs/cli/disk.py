@@ -2,7 +2,11 @@
 
 ``disk info`` shows the delta chain, the extents, the capacity and the partitions; ``disk cat``
 writes the raw bytes of the disk or of one partition to standard output.  When standard output
-is a regular file, holes are skipped with ``lseek`` so the copy stays sparse.
+is a regular file, holes are skipped with ``lseek`` so the copy stays sparse.  ``disk ls`` and
+``disk cat FILE`` read the NTFS volume inside.
+
+The readers are imported by the verbs that use them, not at start-up: a ``disk cat`` of a flat
+disk is I/O bound, and Python's start-up is part of its time.
 """
 
 from __future__ import annotations
@@ -11,15 +15,15 @@ import argparse
 import json
 import sys
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from vcbfs.blocks.copy import copy_to_fd
-from vcbfs.blocks.partitions import PartitionTable, read_partitions
-from vcbfs.blocks.source import ByteSource
-from vcbfs.blocks.vmdk.disk import VirtualDisk, open_disk
 from vcbfs.cli.common import add_location_options, location_from_args
 from vcbfs.errors import NotFoundError
-from vcbfs.ntfs.volume import NtfsVolume
+
+if TYPE_CHECKING:
+    from vcbfs.blocks.partitions import PartitionTable
+    from vcbfs.blocks.source import ByteSource
+    from vcbfs.ntfs.volume import NtfsVolume
 
 __all__ = ["register"]
 
@@ -59,6 +63,9 @@ def register(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def run_info(args: argparse.Namespace) -> int:
+    from vcbfs.blocks.partitions import read_partitions
+    from vcbfs.blocks.vmdk.disk import VirtualDisk, open_disk
+
     with open_disk(location_from_args(args.path, args)) as disk:
         assert isinstance(disk, VirtualDisk)
         table = read_partitions(disk)
@@ -73,6 +80,8 @@ def run_info(args: argparse.Namespace) -> int:
 
 
 def _partition(disk: ByteSource, number: int) -> ByteSource:
+    from vcbfs.blocks.partitions import read_partitions
+
     table = read_partitions(disk)
     matches = [p for p in table.partitions if p.number == number]
     if not matches:
@@ -83,6 +92,9 @@ def _partition(disk: ByteSource, number: int) -> ByteSource:
 
 def _volume(disk: ByteSource, number: int | None) -> NtfsVolume:
     """The NTFS volume in partition ``number``, or the only one there is."""
+    from vcbfs.blocks.partitions import read_partitions
+    from vcbfs.ntfs.volume import NtfsVolume
+
     if number is not None:
         return NtfsVolume(_partition(disk, number))
     if disk.read_at(3, 8) == b"NTFS    ":  # a bare volume image, no partition table
@@ -103,6 +115,9 @@ def _volume(disk: ByteSource, number: int | None) -> NtfsVolume:
 
 
 def run_cat(args: argparse.Namespace) -> int:
+    from vcbfs.blocks.copy import copy_to_fd
+    from vcbfs.blocks.vmdk.disk import open_disk
+
     with open_disk(location_from_args(args.path, args)) as disk:
         source: ByteSource = disk
         if args.file is not None:
@@ -124,6 +139,8 @@ def _split_stream(spec: str) -> tuple[str, str]:
 
 
 def run_ls(args: argparse.Namespace) -> int:
+    from vcbfs.blocks.vmdk.disk import open_disk
+
     with open_disk(location_from_args(args.path, args)) as disk:
         volume = _volume(disk, args.partition)
         number = volume.lookup(args.dir)
