@@ -150,10 +150,15 @@ class AttributeStream(ByteSource):
     def spans(self, offset: int = 0, length: int | None = None) -> Iterator[Span]:
         start, end = self._clip(offset, length)
         cs = self.cluster_size
+        # A compressed unit with any cluster stored is data throughout (its unstored clusters
+        # are where the compression saved room); only a unit with none stored is a hole.
+        grain = self.unit or cs
         pieces = []
         pos = start
         for vcn, count in self.map.allocated_ranges():
-            a, b = max(vcn * cs, start), min((vcn + count) * cs, end, self.initialized)
+            lo = vcn * cs // grain * grain
+            hi = -(-(vcn + count) * cs // grain) * grain
+            a, b = max(lo, start, pos), min(hi, end, self.initialized)
             if b <= a:
                 continue
             if a > pos:

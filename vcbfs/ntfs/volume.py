@@ -277,6 +277,10 @@ class NtfsVolume:
     def reparse(self, number: int) -> Reparse | None:
         return self.stat(number).reparse
 
+    def reparse_data(self, number: int) -> bytes | None:
+        """The raw $REPARSE_POINT value (tag, length, data), as Windows backup APIs give it."""
+        return self._small_value(self._node(number), AT.REPARSE_POINT, limit=16 << 10)
+
     def security_descriptor(self, number: int) -> bytes | None:
         """The file's self-relative security descriptor: its own, or the shared one in $Secure."""
         node = self._node(number)
