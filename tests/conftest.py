@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.images import build_vmdk_images, cache_dir
+from tests.ntfs.ntfsimages import NtfsImage, build_ntfs_image, ntfs_cache_dir
 
 
 @pytest.fixture(scope="session")
@@ -39,3 +40,9 @@ def cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, str]:
     thumbprint = out.strip().split("=", 1)[1]  # AB:CD:... as vSphere shows it
     assert len(thumbprint) == 95
     return certfile, keyfile, thumbprint
+
+
+@pytest.fixture(scope="session")
+def ntfs_image() -> NtfsImage:
+    """The reference NTFS volume (read-only!) with its ntfs-3g manifest; see tests/ntfs."""
+    return build_ntfs_image(ntfs_cache_dir())

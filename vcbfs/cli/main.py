@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from vcbfs import __version__
-from vcbfs.cli import disk
+from vcbfs.cli import disk, mount
 from vcbfs.errors import VcbfsError
 
 __all__ = ["main"]
@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     verbs = parser.add_subparsers(dest="verb", metavar="COMMAND", required=True)
     disk.register(verbs)
+    mount.register(verbs)
     return parser
 
 

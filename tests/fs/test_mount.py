@@ -1,0 +1,279 @@
+"""Real FUSE mounts of a two-disk VM, read as a backup agent reads them."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.fs.vmfixture import SYS_FILES, TestVm
+from vcbfs.cli.mount import _pidfile
+
+pytestmark = pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="no /dev/fuse")
+CHUNK = 1 << 20
+
+
+def vcbfs(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(
+        [sys.executable, "-m", "vcbfs", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if check and done.returncode:
+        raise AssertionError(f"vcbfs {' '.join(args)}: {done.stderr}")
+    return done
+
+
+def _mount(vm: TestVm, mnt: Path) -> None:
+    mnt.mkdir(exist_ok=True)
+    vcbfs("mount", str(vm.vmx), str(mnt))
+    assert os.path.ismount(mnt)
+
+
+def _umount(mnt: Path) -> None:
+    if os.path.ismount(mnt):
+        vcbfs("umount", str(mnt))
+
+
+@pytest.fixture(scope="module")
+def mnt(test_vm: TestVm, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    path = tmp_path_factory.mktemp("mnt") / "vm"
+    _mount(test_vm, path)
+    try:
+        yield path
+    finally:
+        _umount(path)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def test_tree(mnt: Path) -> None:
+    assert sorted(os.listdir(mnt)) == ["digits", "fullvm", "letters"]
+    assert sorted(os.listdir(mnt / "digits")) == ["1", "2"]
+    assert sorted(os.listdir(mnt / "letters")) == ["C", "F"]
+    assert sorted(os.listdir(mnt / "fullvm")) == [
+        "catalog",
+        "data-flat.vmdk",
+        "data.vmdk",
+        "sys-flat.vmdk",
+        "sys.vmdk",
+        "vm.nvram",
+        "vm.vmx",
+    ]
+
+
+def test_letters_are_the_digits_volumes(mnt: Path) -> None:
+    for letter, digit in (("C", "1"), ("F", "2")):
+        assert sorted(os.listdir(mnt / "letters" / letter)) == sorted(
+            os.listdir(mnt / "digits" / digit)
+        )
+    assert (mnt / "letters/C/boot.ini").read_bytes() == SYS_FILES["boot.ini"]
+
+
+def test_data_volume_equals_ntfs3g(mnt: Path, test_vm: TestVm) -> None:
+    manifest = test_vm.data.manifest
+    excluded = set(manifest["excluded_at_root"])
+    root = mnt / "letters/F"
+    seen: dict[str, os.stat_result] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel_dir = os.path.relpath(dirpath, root)
+        for name in dirnames + filenames:
+            rel = name if rel_dir == "." else f"{rel_dir}/{name}"
+            if rel_dir == "." and name in excluded:
+                continue
+            seen[rel] = os.lstat(os.path.join(dirpath, name))
+    want = {p for p in manifest["entries"] if p != "."}
+    assert sorted(set(seen) ^ want) == []
+    bad = []
+    for rel, st in seen.items():
+        ref = manifest["entries"][rel]
+        kind = (
+            "symlink"
+            if os.path.islink(root / rel)
+            else "dir"
+            if os.path.isdir(root / rel)
+            else "file"
+        )
+        got = (kind, st.st_mtime_ns, st.st_ctime_ns, st.st_atime_ns)
+        exp = (ref["type"], ref["mtime_ns"], ref["ctime_ns"], ref["atime_ns"])
+        if kind == "file":
+            got += (st.st_size, st.st_nlink, _sha256(root / rel))
+            exp += (ref["size"], ref["nlink"], ref["sha256"])
+        if got != exp:
+            bad.append((rel, got, exp))
+    assert bad == []
+
+
+def test_symlinks_resolve_inside_the_mount(mnt: Path, test_vm: TestVm) -> None:
+    data = test_vm.data
+    rel = mnt / "letters/F" / data.symlink_rel
+    assert os.readlink(rel) == data.entries[data.symlink_rel]["target"]
+    absolute = mnt / "letters/F" / data.symlink_abs
+    target = os.path.realpath(absolute)
+    assert target.startswith(str(mnt / "letters/C/"))
+    junction = mnt / "letters/F" / data.junction
+    assert os.path.realpath(junction) == str(mnt / "letters/C/Windows")
+    assert sorted(os.listdir(junction)) == ["System32"]
+
+
+def test_streams_and_attributes_as_xattrs(mnt: Path, test_vm: TestVm, tmp_path: Path) -> None:
+    data = test_vm.data
+    path = mnt / "letters/F" / data.streams_file
+    names = os.listxattr(path)
+    ref = data.entries[data.streams_file]["streams"]
+    small = {n for n, s in ref.items() if s["size"] <= 65536}
+    assert {
+        n[5:] for n in names if n.startswith("user.") and not n.startswith("user.ntfs_")
+    } == small
+    for n in small:
+        assert hashlib.sha256(os.getxattr(path, f"user.{n}")).hexdigest() == ref[n]["sha256"]
+    assert (
+        int.from_bytes(os.getxattr(path, "user.ntfs_attrib_be"), "big")
+        == (data.entries[data.streams_file]["attributes"])
+    )
+    assert os.getxattr(path, "user.ntfs_acl")[0] == 1
+    large = Path(f"{path}:{data.large_stream}")
+    assert _sha256(large) == ref[data.large_stream]["sha256"]
+    out = tmp_path / "x.tar"
+    subprocess.run(
+        ["tar", "--xattrs", "-cf", str(out), "-C", str(path.parent), path.name], check=True
+    )
+    listing = subprocess.run(
+        ["tar", "--xattrs", "-tvvf", str(out)], capture_output=True, text=True, check=True
+    ).stdout
+    assert "user.Zone.Identifier" in listing and "user.ntfs_attrib_be" in listing
+    with tarfile.open(out) as tar:
+        assert tar.getmembers()[0].size == data.entries[data.streams_file]["size"]
+
+
+@pytest.mark.parametrize(
+    "action",
+    [
+        lambda p: open(p / "boot.ini", "w"),  # noqa: SIM115
+        lambda p: open(p / "new.txt", "x"),  # noqa: SIM115
+        lambda p: os.mkdir(p / "newdir"),
+        lambda p: os.unlink(p / "boot.ini"),
+        lambda p: os.rename(p / "boot.ini", p / "boot2.ini"),
+        lambda p: os.chmod(p / "boot.ini", 0o777),
+        lambda p: os.setxattr(p / "boot.ini", "user.x", b"1"),
+        lambda p: os.truncate(p / "boot.ini", 0),
+        lambda p: os.symlink("boot.ini", p / "link"),
+        lambda p: os.link(p / "boot.ini", p / "hard"),
+        lambda p: os.rmdir(p / "Users"),
+    ],
+)
+def test_every_write_is_refused(mnt: Path, action) -> None:
+    with pytest.raises(OSError) as info:
+        action(mnt / "letters/C")
+    assert info.value.errno == errno.EROFS
+
+
+def test_parallel_readers_read_the_same_bytes(mnt: Path, test_vm: TestVm) -> None:
+    path = mnt / "letters/F" / test_vm.data.big_file
+    want = test_vm.data.entries[test_vm.data.big_file]["sha256"]
+    results: list[str] = []
+    threads = [threading.Thread(target=lambda: results.append(_sha256(path))) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [want] * 16
+
+
+def test_fullvm_copies_out_as_a_vm(mnt: Path, test_vm: TestVm, tmp_path: Path) -> None:
+    out = tmp_path / "copy"
+    out.mkdir()
+    for name in os.listdir(mnt / "fullvm"):
+        subprocess.run(
+            ["cp", "--sparse=always", str(mnt / "fullvm" / name), str(out / name)], check=True
+        )
+    assert 'scsi0:1.fileName = "data.vmdk"' in (out / "vm.vmx").read_text()
+    info = vcbfs("disk", "info", str(out / "sys.vmdk"))
+    assert "monolithicFlat" in info.stdout and "0x5ec0ffee" in info.stdout
+    for disk in ("sys", "data"):
+        a = subprocess.run(
+            [sys.executable, "-m", "vcbfs", "disk", "cat", str(out / f"{disk}.vmdk")],
+            capture_output=True,
+            check=True,
+        ).stdout
+        b = subprocess.run(
+            [sys.executable, "-m", "vcbfs", "disk", "cat", str(getattr(test_vm, f"{disk}_vmdk"))],
+            capture_output=True,
+            check=True,
+        ).stdout
+        assert hashlib.sha256(a).digest() == hashlib.sha256(b).digest()
+
+
+def test_inodes_are_stable_across_mounts(mnt: Path, test_vm: TestVm, tmp_path: Path) -> None:
+    other = tmp_path / "again"
+    _mount(test_vm, other)
+    try:
+        for rel in (
+            "letters/C/boot.ini",
+            f"letters/F/{test_vm.data.big_file}",
+            f"digits/2/{test_vm.data.deep_file}",
+            "fullvm/vm.vmx",
+            "digits/1",
+        ):
+            assert os.lstat(mnt / rel).st_ino == os.lstat(other / rel).st_ino, rel
+    finally:
+        _umount(other)
+
+
+def test_umount_leaves_no_process_and_no_mount(test_vm: TestVm, tmp_path: Path) -> None:
+    path = tmp_path / "m"
+    _mount(test_vm, path)
+    pid = int(_pidfile(str(path)).read_text())
+    vcbfs("umount", str(path))
+    assert not os.path.ismount(path)
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+def test_a_killed_mount_is_cleaned_by_umount(test_vm: TestVm, tmp_path: Path) -> None:
+    path = tmp_path / "m"
+    _mount(test_vm, path)
+    pid = int(_pidfile(str(path)).read_text())
+    os.kill(pid, signal.SIGKILL)
+    for _ in range(100):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    with pytest.raises(OSError) as info:
+        os.listdir(path)
+    assert info.value.errno == errno.ENOTCONN
+    vcbfs("umount", str(path))
+    assert not os.path.ismount(path) and os.listdir(path) == []
+
+
+def test_mount_errors_reach_the_caller(tmp_path: Path) -> None:
+    (tmp_path / "m").mkdir()
+    done = vcbfs("mount", str(tmp_path / "missing.vmx"), str(tmp_path / "m"), check=False)
+    assert done.returncode == 1 and "no such file" in done.stderr
+    assert not os.path.ismount(tmp_path / "m")
+    bad = vcbfs(
+        "mount", str(tmp_path / "missing.vmx"), str(tmp_path / "m"), "-o", "rw=1", check=False
+    )
+    assert bad.returncode == 1 and "unknown mount option" in bad.stderr
+    shutil.rmtree(tmp_path / "m")

@@ -1,0 +1,1 @@
+"""Tests of the Windows layer: the SYSTEM hive and drive letters."""

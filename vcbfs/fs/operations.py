@@ -1,0 +1,198 @@
+"""The pyfuse3 adapter: FUSE requests in, answers from the tree model out.
+
+Only this module knows pyfuse3.  Every handler goes through ``_guard``: a vcbfs error becomes its
+errno, anything unexpected is logged and becomes EIO, so nothing but FUSEError ever reaches
+pyfuse3 (which would end the mount).  Blocking work (parsing records, reading disks) runs in
+worker threads behind a capacity limiter; the tree is thread-safe.
+
+The tree never changes, so attributes and entries are cached by the kernel for a day, open
+files keep their page cache, and readdir offsets index a listing fixed at opendir.  Every
+request that would change anything gets EROFS.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import itertools
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any, ParamSpec, TypeVar
+
+import pyfuse3
+import trio
+
+from vcbfs.blocks.source import ByteSource
+from vcbfs.errors import VcbfsError
+from vcbfs.fs.tree import Attr, Tree
+
+__all__ = ["Operations"]
+
+log = logging.getLogger(__name__)
+
+TIMEOUT = 24 * 3600.0
+BLKSIZE = 128 * 1024
+WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _guard(handler: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """Let only FUSEError out of a handler."""
+
+    @functools.wraps(handler)
+    async def wrapped(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await handler(*args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except VcbfsError as exc:
+            if exc.errno == errno.EIO:
+                log.error("%s: %s", handler.__name__, exc)
+            raise pyfuse3.FUSEError(exc.errno) from None
+        except Exception:
+            log.exception("%s failed", handler.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return wrapped
+
+
+def _readonly(*_args: Any, **_kwargs: Any) -> Awaitable[Any]:
+    async def refuse() -> Any:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    return refuse()
+
+
+class Operations(pyfuse3.Operations):
+    """pyfuse3 operations over a Tree."""
+
+    enable_writeback_cache = False
+
+    def __init__(self, tree: Tree, *, uid: int = 0, gid: int = 0, threads: int = 16):
+        super().__init__()
+        self.tree = tree
+        self.uid = uid
+        self.gid = gid
+        self._limiter = trio.CapacityLimiter(threads)
+        self._files: dict[int, ByteSource] = {}
+        self._dirs: dict[int, list[tuple[bytes, Attr]]] = {}
+        self._handles = itertools.count(1)
+
+    async def _run(self, fn: Callable[..., R], *args: Any) -> R:
+        return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+
+    def _entry(self, a: Attr) -> pyfuse3.EntryAttributes:
+        e = pyfuse3.EntryAttributes()
+        e.st_ino = a.ino
+        e.generation = 0
+        e.entry_timeout = TIMEOUT
+        e.attr_timeout = TIMEOUT
+        e.st_mode = a.mode
+        e.st_nlink = a.nlink
+        e.st_uid = self.uid
+        e.st_gid = self.gid
+        e.st_rdev = 0
+        e.st_size = a.size
+        e.st_blksize = BLKSIZE
+        e.st_blocks = a.blocks
+        e.st_atime_ns = a.atime_ns
+        e.st_mtime_ns = a.mtime_ns
+        e.st_ctime_ns = a.ctime_ns
+        return e
+
+    @staticmethod
+    def _name(raw: bytes) -> str:
+        return os.fsdecode(raw)
+
+    @_guard
+    async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> Any:
+        if name == b".":
+            return self._entry(await self._run(self.tree.getattr, parent_inode))
+        return self._entry(await self._run(self.tree.lookup, parent_inode, self._name(name)))
+
+    @_guard
+    async def getattr(self, inode: int, ctx: Any = None) -> Any:
+        return self._entry(await self._run(self.tree.getattr, inode))
+
+    @_guard
+    async def readlink(self, inode: int, ctx: Any) -> bytes:
+        return os.fsencode(await self._run(self.tree.readlink, inode))
+
+    @_guard
+    async def opendir(self, inode: int, ctx: Any) -> int:
+        listing = await self._run(self.tree.readdir, inode)
+        fh = next(self._handles)
+        self._dirs[fh] = [(os.fsencode(name), attr) for name, attr in listing]
+        return fh
+
+    @_guard
+    async def readdir(self, fh: int, start_id: int, token: Any) -> None:
+        listing = self._dirs.get(fh)
+        if listing is None:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        for i in range(start_id, len(listing)):
+            name, attr = listing[i]
+            if not pyfuse3.readdir_reply(token, name, self._entry(attr), i + 1):
+                break
+
+    async def releasedir(self, fh: int) -> None:
+        self._dirs.pop(fh, None)
+
+    @_guard
+    async def open(self, inode: int, flags: int, ctx: Any) -> Any:
+        if flags & WRITE_FLAGS:
+            raise pyfuse3.FUSEError(errno.EROFS)
+        source = await self._run(self.tree.open, inode)
+        fh = next(self._handles)
+        self._files[fh] = source
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True, direct_io=False)
+
+    @_guard
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        source = self._files.get(fh)
+        if source is None:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        return await self._run(source.read_at, off, size)
+
+    async def release(self, fh: int) -> None:
+        self._files.pop(fh, None)  # sources belong to the tree; nothing to close per handle
+
+    @_guard
+    async def listxattr(self, inode: int, ctx: Any) -> list[bytes]:
+        return [os.fsencode(n) for n in await self._run(self.tree.listxattr, inode)]
+
+    @_guard
+    async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
+        try:
+            return await self._run(self.tree.getxattr, inode, os.fsdecode(name))
+        except VcbfsError as exc:
+            if exc.errno == errno.ENOENT:
+                raise pyfuse3.FUSEError(errno.ENODATA) from None
+            raise
+
+    @_guard
+    async def statfs(self, ctx: Any) -> Any:
+        s = pyfuse3.StatvfsData()
+        s.f_bsize = s.f_frsize = 4096
+        s.f_blocks = s.f_bfree = s.f_bavail = 0
+        s.f_files = s.f_ffree = s.f_favail = 0
+        s.f_namemax = 1024
+        return s
+
+    async def forget(self, inode_list: Any) -> None:
+        """Inodes are derived, not allocated: nothing to forget."""
+
+    setattr = _readonly
+    mknod = _readonly
+    mkdir = _readonly
+    unlink = _readonly
+    rmdir = _readonly
+    symlink = _readonly
+    rename = _readonly
+    link = _readonly
+    write = _readonly
+    create = _readonly
+    setxattr = _readonly
+    removexattr = _readonly

@@ -1,0 +1,420 @@
+"""The mounted tree as plain Python: inodes, attributes, directories, data and xattrs.
+
+No pyfuse3 here: ``operations.py`` adapts this model to FUSE, and tests drive it directly.
+
+    /fullvm/    the .vmx (disk names rewritten), .nvram, a catalog, and each disk as a
+                monolithicFlat descriptor plus its raw ``-flat.vmdk`` data
+    /digits/N/  every NTFS volume, numbered in disk and partition order
+    /letters/X/ the same volumes under the guest's drive letters
+
+Inode numbers are stable across mounts: fixed small numbers for the synthetic directories and
+files, and ``(view << 40) | MFT record`` inside a volume, where each view (a ``digits/N`` or a
+``letters/X`` directory) has its own number in a fixed order.  The tree of a snapshot never
+changes, so nothing here is ever invalidated.
+
+Named streams (alternate data streams) are xattrs ``user.<stream>`` when they fit an xattr
+(64 KiB); every stream, large ones included, can be opened as ``<file>:<stream>`` (a name that
+is looked up but not listed).  Windows metadata is kept under the names ntfs-3g uses, in the
+``user`` namespace so that ``tar --xattrs`` and rsync keep them: ``user.ntfs_attrib_be``
+(FILE_ATTRIBUTE_* bits, big-endian), ``user.ntfs_acl`` (the security descriptor),
+``user.ntfs_times`` (creation, write, access, change: four little-endian FILETIMEs) and
+``user.ntfs_reparse_data`` (raw reparse data).
+"""
+
+from __future__ import annotations
+
+import itertools
+import posixpath
+import stat
+import struct
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from vcbfs.blocks.source import ByteSource
+from vcbfs.errors import NotADirectory, NotFoundError, VcbfsError
+from vcbfs.ntfs.attributes import FILETIME_EPOCH
+from vcbfs.ntfs.volume import ROOT as NTFS_ROOT
+from vcbfs.ntfs.volume import NtfsVolume
+from vcbfs.vm.image import VmImage, Volume
+
+__all__ = ["Attr", "Tree"]
+
+ROOT_INO = 1
+VIEW_SHIFT = 40
+STREAM_INO = 1 << 62
+XATTR_MAX = 65536
+_META = ("ntfs_attrib_be", "ntfs_acl", "ntfs_times", "ntfs_reparse_data")
+
+
+@dataclass(frozen=True, slots=True)
+class Attr:
+    ino: int
+    mode: int
+    nlink: int
+    size: int
+    blocks: int  # 512-byte units
+    atime_ns: int
+    mtime_ns: int
+    ctime_ns: int
+
+
+class _Synthetic:
+    """A directory or file made up by vcbfs (not inside a volume)."""
+
+    def __init__(
+        self,
+        ino: int,
+        name: str,
+        *,
+        data: bytes | None = None,
+        source: Callable[[], ByteSource] | None = None,
+        size: int = 0,
+    ) -> None:
+        self.ino = ino
+        self.name = name
+        self.data = data
+        self.source = source
+        self.size = len(data) if data is not None else size
+        self.children: dict[str, int] | None = None if data is not None or source else {}
+
+    @property
+    def is_dir(self) -> bool:
+        return self.children is not None
+
+
+@dataclass(frozen=True, slots=True)
+class _View:
+    key: int
+    path: str  # "digits/1", "letters/C"
+    volume: Volume
+
+
+class Tree:
+    """The whole mounted tree of one VM image."""
+
+    def __init__(
+        self, image: VmImage, *, now_ns: int = 0, dir_mode: int = 0o555, file_mode: int = 0o444
+    ) -> None:
+        self.image = image
+        self.now_ns = now_ns
+        self.dir_mode = dir_mode
+        self.file_mode = file_mode
+        self._lock = threading.Lock()
+        self._nodes: dict[int, _Synthetic] = {}
+        self._views: dict[int, _View] | None = None
+        self._synthetic = itertools.count(ROOT_INO + 1)  # below 1 << VIEW_SHIFT: never a view's
+        root = self._add(ROOT_INO, "")
+        for name in ("fullvm", "digits", "letters"):
+            self._link(root, self._add(self._next_ino(), name))
+        self._fullvm_done = False
+        self._streams: dict[tuple[int, int, str], int] = {}
+        self._stream_keys: dict[int, tuple[int, int, str]] = {}
+
+    # -- synthetic nodes -----------------------------------------------------------------
+
+    def _add(self, ino: int, name: str, **kw: object) -> _Synthetic:
+        node = _Synthetic(ino, name, **kw)  # type: ignore[arg-type]
+        self._nodes[ino] = node
+        return node
+
+    def _link(self, parent: _Synthetic, child: _Synthetic) -> None:
+        assert parent.children is not None
+        parent.children[child.name] = child.ino
+
+    def _dir(self, name: str) -> _Synthetic:
+        root = self._nodes[ROOT_INO]
+        assert root.children is not None
+        return self._nodes[root.children[name]]
+
+    def _ensure(self, ino: int) -> None:
+        """Fill fullvm/, digits/ and letters/ the first time any of them is looked into."""
+        node = self._nodes.get(ino)
+        if node is None or ino == ROOT_INO:
+            return
+        with self._lock:
+            if node.name == "fullvm" and not self._fullvm_done:
+                self._build_fullvm(node)
+                self._fullvm_done = True
+            elif node.name in ("digits", "letters") and self._views is None:
+                self._build_views()
+
+    def _next_ino(self) -> int:
+        return next(self._synthetic)
+
+    def _build_fullvm(self, fullvm: _Synthetic) -> None:
+        from vcbfs.vm.catalog import catalog_text, flat_descriptor, rewrite_vmx
+
+        image = self.image
+        for name, data in sorted(image.files.items()):
+            if name.lower().endswith(".vmx"):
+                data = rewrite_vmx(data, image)
+            self._link(fullvm, self._add(self._next_ino(), name, data=data))
+        self._link(
+            fullvm, self._add(self._next_ino(), "catalog", data=catalog_text(image).encode())
+        )
+        for disk in image.disks:
+            desc = flat_descriptor(disk)
+            self._link(fullvm, self._add(self._next_ino(), f"{disk.name}.vmdk", data=desc))
+            self._link(
+                fullvm,
+                self._add(
+                    self._next_ino(),
+                    f"{disk.name}-flat.vmdk",
+                    source=(lambda d=disk: d.source),
+                    size=disk.source.size,
+                ),
+            )
+
+    def _build_views(self) -> None:
+        from vcbfs.vm.letters import volume_letters
+
+        digits, letters = self._dir("digits"), self._dir("letters")
+        views: dict[int, _View] = {}
+        volumes = self.image.volumes()
+        for vol in volumes:
+            key = len(views) + 1
+            views[key] = _View(key, f"digits/{vol.number}", vol)
+            self._link(digits, self._add((key << VIEW_SHIFT) | NTFS_ROOT, str(vol.number)))
+        for letter, vol in sorted(volume_letters(self.image).items()):
+            key = len(views) + 1
+            views[key] = _View(key, f"letters/{letter}", vol)
+            self._link(letters, self._add((key << VIEW_SHIFT) | NTFS_ROOT, letter))
+        self._views = views
+
+    def _view(self, ino: int) -> tuple[_View, int] | None:
+        key = ino >> VIEW_SHIFT
+        if not key:
+            return None
+        if self._views is None:
+            with self._lock:
+                if self._views is None:
+                    self._build_views()
+        assert self._views is not None
+        view = self._views.get(key)
+        if view is None:
+            raise NotFoundError(f"no inode {ino}")
+        return view, ino & ((1 << VIEW_SHIFT) - 1)
+
+    # -- the interface the FUSE adapter uses ---------------------------------------------
+
+    def getattr(self, ino: int) -> Attr:
+        found = self._view(ino)
+        if found is None:
+            node = self._nodes.get(ino)
+            if node is None:
+                raise NotFoundError(f"no inode {ino}")
+            if node.is_dir:
+                return Attr(
+                    ino,
+                    stat.S_IFDIR | self.dir_mode,
+                    2,
+                    0,
+                    0,
+                    self.now_ns,
+                    self.now_ns,
+                    self.now_ns,
+                )
+            return Attr(
+                ino,
+                stat.S_IFREG | self.file_mode,
+                1,
+                node.size,
+                (node.size + 511) // 512,
+                self.now_ns,
+                self.now_ns,
+                self.now_ns,
+            )
+        view, record = found
+        return self._ntfs_attr(view, record, ino)
+
+    def _ntfs_attr(self, view: _View, record: int, ino: int) -> Attr:
+        vol = view.volume.ntfs()
+        st = vol.stat(record)
+        if st.reparse is not None and st.reparse.is_link:
+            size = len(self._link_target(view, record).encode("utf-8", "surrogateescape"))
+            mode, nlink = stat.S_IFLNK | 0o777, 1
+        elif st.is_dir:
+            mode, nlink, size = stat.S_IFDIR | self.dir_mode, 2, 0
+        else:
+            mode, nlink, size = stat.S_IFREG | self.file_mode, st.links, st.size
+        return Attr(
+            ino,
+            mode,
+            nlink,
+            size,
+            (st.allocated + 511) // 512,
+            st.accessed,
+            st.modified,
+            st.changed,
+        )
+
+    def lookup(self, parent: int, name: str) -> Attr:
+        self._ensure(parent)
+        found = self._view(parent)
+        if found is None:
+            node = self._nodes.get(parent)
+            if node is None:
+                raise NotFoundError(f"no inode {parent}")
+            if not node.is_dir:
+                raise NotADirectory(f"inode {parent} is not a directory")
+            assert node.children is not None
+            ino = node.children.get(name)
+            if ino is None:
+                raise NotFoundError(f"no {name!r}")
+            return self.getattr(ino)
+        view, record = found
+        vol = view.volume.ntfs()
+        base, colon, stream = name.partition(":")
+        entry = vol.child(record, base)
+        ino = (view.key << VIEW_SHIFT) | entry.record
+        if colon:
+            return self._stream_attr(view, entry.record, ino, stream)
+        return self.getattr(ino)
+
+    def _stream_attr(self, view: _View, record: int, ino: int, stream: str) -> Attr:
+        """A ``file:stream`` name: its own inode in the view's stream space."""
+        vol = view.volume.ntfs()
+        sizes = dict(vol.streams(record))
+        if stream not in sizes:
+            raise NotFoundError(f"no stream {stream!r}")
+        st = vol.stat(record)
+        sino = self._stream_ino(view, record, stream)
+        return Attr(
+            sino,
+            stat.S_IFREG | self.file_mode,
+            1,
+            sizes[stream],
+            (sizes[stream] + 511) // 512,
+            st.accessed,
+            st.modified,
+            st.changed,
+        )
+
+    def _stream_ino(self, view: _View, record: int, stream: str) -> int:
+        """Streams opened by name get inode numbers in a space of their own, on first use."""
+        key = (view.key, record, stream)
+        with self._lock:
+            ino = self._streams.get(key)
+            if ino is None:
+                ino = STREAM_INO | (len(self._streams) + 1)
+                self._streams[key] = ino
+                self._stream_keys[ino] = key
+        return ino
+
+    def readdir(self, ino: int) -> list[tuple[str, Attr]]:
+        """Entries in a fixed, sorted order (offsets index into it)."""
+        self._ensure(ino)
+        found = self._view(ino)
+        if found is None:
+            node = self._nodes.get(ino)
+            if node is None or not node.is_dir:
+                raise NotADirectory(f"inode {ino} is not a directory")
+            assert node.children is not None
+            return [(name, self.getattr(child)) for name, child in sorted(node.children.items())]
+        view, record = found
+        vol = view.volume.ntfs()
+        out = []
+        for entry in vol.iterdir(record):
+            child = (view.key << VIEW_SHIFT) | entry.record
+            try:
+                out.append((entry.name, self.getattr(child)))
+            except VcbfsError:
+                continue  # a corrupt entry is left out of the listing; a lookup gives EIO
+        return out
+
+    def open(self, ino: int) -> ByteSource:
+        if ino & STREAM_INO:
+            vkey, record, stream = self._stream_keys[ino]
+            assert self._views is not None
+            return self._views[vkey].volume.ntfs().open(record, stream)
+        found = self._view(ino)
+        if found is None:
+            node = self._nodes.get(ino)
+            if node is None or node.is_dir:
+                raise NotFoundError(f"inode {ino} is not a file")
+            if node.source is not None:
+                return node.source()
+            from vcbfs.ntfs.stream import ResidentStream
+
+            return ResidentStream(node.data or b"", node.name)
+        view, record = found
+        return view.volume.ntfs().open(record)
+
+    def readlink(self, ino: int) -> str:
+        found = self._view(ino)
+        if found is None:
+            raise NotFoundError(f"inode {ino} is not a link")
+        view, record = found
+        return self._link_target(view, record)
+
+    def _link_target(self, view: _View, record: int) -> str:
+        """A link's target as a path: Windows absolute paths go to letters/X inside the mount."""
+        vol: NtfsVolume = view.volume.ntfs()
+        reparse = vol.stat(record).reparse
+        if reparse is None or not reparse.target:
+            raise NotFoundError(f"record {record} is not a link")
+        target = reparse.target.replace("\\", "/")
+        if reparse.relative:
+            return target
+        if len(target) >= 2 and target[1] == ":" and target[0].isalpha():
+            letter, rest = target[0].upper(), target[2:].lstrip("/")
+            here = posixpath.join(view.path, posixpath.dirname(self._path_in_volume(vol, record)))
+            there = posixpath.join("letters", letter, rest)
+            return posixpath.relpath(there, here)
+        return target
+
+    def _path_in_volume(self, vol: NtfsVolume, record: int) -> str:
+        parts = []
+        for _ in range(1024):
+            names = [n for n in vol.names(record) if n.namespace != 2]
+            if not names or record == NTFS_ROOT:
+                break
+            parts.append(names[0].name)
+            record = names[0].parent
+            if record == NTFS_ROOT:
+                break
+        return "/".join(reversed(parts))
+
+    def listxattr(self, ino: int) -> list[str]:
+        return sorted(self._xattrs(ino, values=False))
+
+    def getxattr(self, ino: int, name: str) -> bytes:
+        values = self._xattrs(ino, values=True, only=name)
+        if name not in values:
+            raise NotFoundError(f"no xattr {name!r}")
+        return values[name]
+
+    def _xattrs(self, ino: int, *, values: bool, only: str | None = None) -> dict[str, bytes]:
+        found = self._view(ino) if not ino & STREAM_INO else None
+        if found is None:
+            return {}
+        view, record = found
+        vol = view.volume.ntfs()
+        out: dict[str, bytes] = {}
+
+        def want(name: str) -> bool:
+            return only is None or only == name
+
+        for stream, size in vol.streams(record):
+            name = f"user.{stream}"
+            if size <= XATTR_MAX and stream not in _META and want(name):
+                out[name] = vol.open(record, stream).read_at(0, size) if values else b""
+        st = vol.stat(record)
+        if want("user.ntfs_attrib_be"):
+            out["user.ntfs_attrib_be"] = struct.pack(">I", st.attributes)
+        if want("user.ntfs_times"):
+            out["user.ntfs_times"] = struct.pack(
+                "<4Q",
+                *(
+                    t // 100 + FILETIME_EPOCH
+                    for t in (st.created, st.modified, st.accessed, st.changed)
+                ),
+            )
+        if want("user.ntfs_acl") and (not values or only == "user.ntfs_acl" or only is None):
+            sd = vol.security_descriptor(record) if values else b""
+            if sd is not None:
+                out["user.ntfs_acl"] = sd
+        if st.reparse is not None and want("user.ntfs_reparse_data"):
+            out["user.ntfs_reparse_data"] = (vol.reparse_data(record) or b"") if values else b""
+        return out

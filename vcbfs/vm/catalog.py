@@ -1,0 +1,83 @@
+"""The files vcbfs writes about a VM: the catalog, flat descriptors, the rewritten .vmx.
+
+``fullvm/`` must be a VM that can be registered again: each disk becomes a monolithicFlat
+descriptor (``NAME.vmdk``) over its raw data (``NAME-flat.vmdk``), and the .vmx names those
+files.  The catalog says what the VM was made of, for the backup's own records.
+"""
+
+from __future__ import annotations
+
+import re
+
+from vcbfs.vm.image import Disk, VmImage
+
+__all__ = ["catalog_text", "flat_descriptor", "rewrite_vmx"]
+
+SECTOR = 512
+_KEEP_DDB = (
+    "adapterType",
+    "geometry.cylinders",
+    "geometry.heads",
+    "geometry.sectors",
+    "virtualHWVersion",
+    "uuid",
+    "longContentID",
+    "thinProvisioned",
+)
+
+
+def flat_descriptor(disk: Disk) -> bytes:
+    """A monolithicFlat descriptor for the disk's data as ``NAME-flat.vmdk``."""
+    top = disk.source.layers[0].descriptor
+    cid = top.cid if top is not None and top.cid is not None else 0xFFFFFFFE
+    ddb = top.ddb if top is not None else {}
+    lines = [
+        "# Disk DescriptorFile",
+        "version=1",
+        'encoding="UTF-8"',
+        f"CID={cid:08x}",
+        "parentCID=ffffffff",
+        'createType="monolithicFlat"',
+        "",
+        "# Extent description",
+        f'RW {-(-disk.source.size // SECTOR)} FLAT "{disk.name}-flat.vmdk" 0',
+        "",
+        "# The Disk Data Base",
+        "#DDB",
+        "",
+    ]
+    for key in _KEEP_DDB:
+        if key in ddb:
+            lines.append(f'ddb.{key} = "{ddb[key]}"')
+    if "adapterType" not in ddb:
+        lines.append('ddb.adapterType = "lsilogic"')
+    return ("\n".join(lines) + "\n").encode()
+
+
+def rewrite_vmx(data: bytes, image: VmImage) -> bytes:
+    """The .vmx with each disk's fileName pointing at its descriptor in fullvm/."""
+    names = {d.device.lower(): d.name for d in image.disks if d.device}
+    out = []
+    for line in data.decode("utf-8", errors="surrogateescape").splitlines(keepends=True):
+        m = re.match(r"^\s*((?:scsi|ide|sata|nvme)\d+:\d+)\.fileName\s*=", line, re.IGNORECASE)
+        if m and m[1].lower() in names:
+            end = "\n" if line.endswith("\n") else ""
+            line = f'{m[1]}.fileName = "{names[m[1].lower()]}.vmdk"{end}'
+        out.append(line)
+    return "".join(out).encode("utf-8", errors="surrogateescape")
+
+
+def catalog_text(image: VmImage) -> str:
+    """A plain-text description of the VM, its disks (with their chains) and volumes."""
+    lines = [f"vm.name = {image.name}"]
+    for d in image.disks:
+        p = f"disk{d.index}"
+        lines.append(f"{p}.device = {d.device or ''}")
+        lines.append(f"{p}.file = {d.name}.vmdk")
+        lines.append(f"{p}.capacity = {d.source.size}")
+        for i, layer in enumerate(d.source.layers):
+            lines.append(f"{p}.chain{i} = {layer.location.name} ({layer.format})")
+    for v in image.volumes():
+        where = f"partition {v.partition.number}" if v.partition else "whole disk"
+        lines.append(f"volume{v.number} = disk{v.disk.index} {where} at {v.start}")
+    return "\n".join(lines) + "\n"

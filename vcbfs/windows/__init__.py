@@ -1,0 +1,1 @@
+"""Windows knowledge over an NTFS volume: the SYSTEM hive and the guest's drive letters."""
