@@ -30,6 +30,8 @@ SYS_VOLUME_SIZE = 24 * MIB
 
 @dataclass(frozen=True)
 class TestVm:
+    __test__ = False
+
     vmx: Path
     sys_vmdk: Path
     data_vmdk: Path

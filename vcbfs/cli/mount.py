@@ -58,21 +58,17 @@ def parse_options(values: list[str]) -> dict[str, object]:
     }
     for item in ",".join(values).split(","):
         key, eq, value = item.strip().partition("=")
-        if not key:
+        if not key or key in ("ro", "default_permissions"):
             continue
-        try:
-            if key == "allow_other" and not eq:
-                opts["allow_other"] = True
-            elif key in ("uid", "gid") and eq:
-                opts[key] = int(value)
-            elif key == "umask" and eq:
-                opts["umask"] = int(value, 8) & 0o777
-            elif key in ("ro", "default_permissions"):
-                pass
-            else:
-                raise UsageError(f"unknown mount option {item!r}")
-        except ValueError:
-            raise UsageError(f"bad value in mount option {item!r}") from None
+        if key == "allow_other" and not eq:
+            opts["allow_other"] = True
+        elif key in ("uid", "gid", "umask") and eq:
+            try:
+                opts[key] = int(value, 8) & 0o777 if key == "umask" else int(value)
+            except ValueError:
+                raise UsageError(f"bad value in mount option {item!r}") from None
+        else:
+            raise UsageError(f"unknown mount option {item!r}")
     return opts
 
 
