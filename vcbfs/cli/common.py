@@ -9,12 +9,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from urllib.parse import quote, urlsplit, urlunsplit
+from typing import TYPE_CHECKING
 
-from vcbfs.blocks.cache import CachedLocation
-from vcbfs.blocks.local import LocalLocation
-from vcbfs.blocks.source import Location
-from vcbfs.errors import AccessDeniedError
+if TYPE_CHECKING:
+    from vcbfs.blocks.source import Location
 
 __all__ = ["add_location_options", "location_from_args"]
 
@@ -40,8 +38,14 @@ def add_location_options(parser: argparse.ArgumentParser) -> None:
 def location_from_args(target: str, args: argparse.Namespace) -> Location:
     """A Location for a local path, or for an http(s) URL read through a shared cache."""
     if not target.startswith(("https://", "http://")):
+        from vcbfs.blocks.local import LocalLocation
+
         return LocalLocation(target)
-    from vcbfs.blocks.http import HttpLocation, HttpOptions, HttpSession  # only when needed: slow
+    from urllib.parse import quote, urlsplit, urlunsplit
+
+    from vcbfs.blocks.cache import CachedLocation
+    from vcbfs.blocks.http import HttpLocation, HttpOptions, HttpSession
+    from vcbfs.errors import AccessDeniedError
 
     parts = urlsplit(target)
     if parts.password is not None:

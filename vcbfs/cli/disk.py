@@ -12,7 +12,6 @@ disk is I/O bound, and Python's start-up is part of its time.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -63,6 +62,8 @@ def register(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def run_info(args: argparse.Namespace) -> int:
+    import json
+
     from vcbfs.blocks.partitions import read_partitions
     from vcbfs.blocks.vmdk.disk import VirtualDisk, open_disk
 
@@ -139,6 +140,8 @@ def _split_stream(spec: str) -> tuple[str, str]:
 
 
 def run_ls(args: argparse.Namespace) -> int:
+    import json
+
     from vcbfs.blocks.vmdk.disk import open_disk
 
     with open_disk(location_from_args(args.path, args)) as disk:

@@ -10,10 +10,7 @@ everything.  ``umount`` also cleans up a mount whose server died.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
-import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -73,6 +70,8 @@ def parse_options(values: list[str]) -> dict[str, object]:
 
 
 def _pidfile(mountpoint: str) -> Path:
+    import hashlib
+
     key = hashlib.sha256(os.path.realpath(mountpoint).encode()).hexdigest()[:16]
     return RUN_DIR / f"mount-{key}.pid"
 
@@ -151,6 +150,9 @@ def _tell(fd: int, message: str) -> None:
 
 
 def run_umount(args: argparse.Namespace) -> int:
+    import shutil
+    import subprocess
+
     mountpoint = args.mountpoint
     pidfile = _pidfile(mountpoint)
     tool = shutil.which("fusermount3") or shutil.which("fusermount") or "fusermount3"
