@@ -139,9 +139,23 @@ def parse_attributes(
                 raise bad(f"sizes are not valid (alloc {alloc}, data {size}, init {init})", pos)
             runlist = bytes(buf[pos + roff : pos + length])
             out.append(
-                Attribute(atype, name, flags, aid, record, False, b"", start, last, runlist, cu,
-                          alloc, size, init)
-            )  # fmt: skip
+                Attribute(
+                    atype,
+                    name,
+                    flags,
+                    aid,
+                    record,
+                    False,
+                    b"",
+                    start,
+                    last,
+                    runlist,
+                    cu,
+                    alloc,
+                    size,
+                    init,
+                )
+            )
         else:
             raise bad(f"non-resident flag {nonres} is not valid", pos)
         pos += length
@@ -207,8 +221,9 @@ def parse_file_name(value: bytes | memoryview, source: str) -> FileName:
     if ns > 3:
         raise CorruptError(f"$FILE_NAME namespace {ns} is not valid", source=source)
     name = _utf16(value[66 : 66 + 2 * nlen])
-    return FileName(ref & MFT_REF_MASK, ref >> 48, c, m, ch, a, alloc, size, flags, reparse,
-                    ns, name)  # fmt: skip
+    return FileName(
+        ref & MFT_REF_MASK, ref >> 48, c, m, ch, a, alloc, size, flags, reparse, ns, name
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from vcbfs.blocks.source import ByteSource
 from vcbfs.errors import CorruptError
 
-__all__ = ["BootSector", "read_boot_sector"]
+__all__ = ["BootSector", "read_backup_boot_sector", "read_boot_sector"]
 
 _BOOT = struct.Struct("<3s8sHBH5xB2xH14xQQQbxxxbxxxQ")
 
@@ -83,9 +83,14 @@ def read_boot_sector(volume: ByteSource) -> BootSector:
         if volume.size < 1024:
             raise
         try:
-            boot = parse_boot_sector(
-                volume.read_at(volume.size - 512, 512), volume.size, volume.name
-            )
+            return read_backup_boot_sector(volume)
         except CorruptError:
             raise primary from None
-        return dataclasses.replace(boot, from_backup=True)
+
+
+def read_backup_boot_sector(volume: ByteSource) -> BootSector:
+    """The backup boot sector alone: for a primary that parses but does not find the MFT."""
+    if volume.size < 1024:
+        raise CorruptError("NTFS boot sector: no room for a backup", source=volume.name)
+    boot = parse_boot_sector(volume.read_at(volume.size - 512, 512), volume.size, volume.name)
+    return dataclasses.replace(boot, from_backup=True)

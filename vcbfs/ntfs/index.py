@@ -56,8 +56,9 @@ def parse_node(buf: bytes | bytearray, at: int, source: str, where: str) -> list
         subnode = None
         if flags & ENTRY_SUBNODE:
             if length < 24:
-                raise CorruptError(f"{where}: index entry too short for its sub-node",
-                                   source=source)  # fmt: skip
+                raise CorruptError(
+                    f"{where}: index entry too short for its sub-node", source=source
+                )
             subnode = int.from_bytes(buf[pos + length - 8 : pos + length], "little")
         if flags & ENTRY_LAST:
             out.append(IndexEntry(0, 0, None, subnode))
@@ -96,8 +97,10 @@ class DirectoryIndex:
         if cached is not None:
             return cached
         if self.allocation is None:
-            raise CorruptError("index entry points to a sub-node but there is no "
-                               "$INDEX_ALLOCATION", source=self.name)  # fmt: skip
+            raise CorruptError(
+                "index entry points to a sub-node but there is no $INDEX_ALLOCATION",
+                source=self.name,
+            )
         offset = vcn * self.vcn_size
         raw = read_exact(self.allocation, offset, self.block_size, f"index block at VCN {vcn}")
         buf = apply_fixups(raw, b"INDX", self.name, offset)
@@ -117,8 +120,7 @@ class DirectoryIndex:
             for e in node:
                 if e.subnode is not None:
                     if e.subnode in seen:
-                        raise CorruptError(f"index tree loops at VCN {e.subnode}",
-                                           source=self.name)  # fmt: skip
+                        raise CorruptError(f"index tree loops at VCN {e.subnode}", source=self.name)
                     seen.add(e.subnode)
                     yield from walk(self._node(e.subnode), depth + 1)
                 if e.key is not None:

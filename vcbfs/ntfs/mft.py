@@ -89,8 +89,9 @@ class Mft:
         self.record_count = self.stream.size // self.record_size
 
     def _value(self, extents: list[Attribute]) -> bytes:
-        stream = open_stream(self.volume, self.boot.cluster_size, extents, self.name,
-                             self.boot.cluster_count)  # fmt: skip
+        stream = open_stream(
+            self.volume, self.boot.cluster_size, extents, self.name, self.boot.cluster_count
+        )
         if stream.size > 16 << 20:
             raise CorruptError("$ATTRIBUTE_LIST is larger than 16 MiB", source=self.name)
         return stream.read_at(0, stream.size)
@@ -101,7 +102,7 @@ class Mft:
 
     def _parse(self, raw: bytes, number: int, offset: int) -> FileRecord:
         buf = apply_fixups(raw, b"FILE", self.name, offset)
-        (_m, _uo, _uc, _lsn, seq, links, first, flags, used, alloc, base, _next, _num) = (
+        (_m, usa, _uc, _lsn, seq, links, first, flags, used, alloc, base, _next, num) = (
             _RECORD.unpack_from(buf)
         )
         if used > len(buf) or alloc != len(buf) or first < 42 or first >= used:
@@ -109,6 +110,10 @@ class Mft:
                 f"MFT record {number}: header sizes are not valid (used {used}, first {first})",
                 source=self.name,
                 offset=offset,
+            )
+        if usa >= 0x30 and flags & FLAG_IN_USE and num != number:  # 3.1 records hold their number
+            raise CorruptError(
+                f"MFT record {number} says it is record {num}", source=self.name, offset=offset
             )
         attrs = parse_attributes(buf, first, used, number, self.name, offset)
         return FileRecord(number, seq, flags, links, base & MFT_REF_MASK, attrs)
@@ -134,13 +139,28 @@ class Mft:
             return rec, rec.attributes
         entries = parse_attribute_list(self._value(lists), f"{self.name} record {number}")
         records = {number: rec}
+        named: set[tuple[int, int]] = set()
         out: list[Attribute] = []
         for e in entries:
+            if (e.record, e.id) in named:
+                raise CorruptError(
+                    f"record {number}'s attribute list names attribute {e.id} in record "
+                    f"{e.record} more than once",
+                    source=self.name,
+                )
+            named.add((e.record, e.id))
             ext = records.get(e.record)
             if ext is None:
                 if len(records) > MAX_EXTENSIONS:
-                    raise CorruptError(f"record {number} has too many extension records",
-                                       source=self.name)  # fmt: skip
+                    raise CorruptError(
+                        f"record {number} has too many extension records", source=self.name
+                    )
+                if not 0 <= e.record < self.record_count:
+                    raise CorruptError(
+                        f"record {number}'s attribute list names record {e.record}, past the "
+                        f"{self.record_count} records of the MFT",
+                        source=self.name,
+                    )
                 ext = self.record(e.record)
                 if ext.base != number:
                     raise CorruptError(

@@ -22,6 +22,7 @@ from vcbfs.ntfs.runlist import RunMap, decode_runlist
 __all__ = ["AttributeStream", "ResidentStream", "open_stream"]
 
 UNIT_CACHE_BYTES = 4 << 20
+COMPRESSION_UNIT = 4  # log2 of the clusters per unit: the only value Windows writes or reads
 
 
 class ResidentStream(ByteSource):
@@ -76,6 +77,12 @@ class AttributeStream(ByteSource):
             self.size = mapped  # the $MFT bootstrap: what the first extent maps, no more
         self.unit = 0
         if first.compressed and first.compression_unit:
+            if first.compression_unit != COMPRESSION_UNIT:
+                raise UnsupportedError(
+                    f"compression unit of {1 << first.compression_unit} clusters "
+                    f"(NTFS uses {1 << COMPRESSION_UNIT})",
+                    source=name,
+                )
             self.unit = (1 << first.compression_unit) * cs
             self._units: LRU[int, bytes] = LRU(UNIT_CACHE_BYTES, len)
         elif first.compressed:
@@ -103,8 +110,9 @@ class AttributeStream(ByteSource):
             else:
                 chunk = self.volume.read_at(lcn * cs, nbytes)
                 if len(chunk) != nbytes:
-                    raise CorruptError(f"run at cluster {lcn} lies past the volume's end",
-                                       source=self.name)  # fmt: skip
+                    raise CorruptError(
+                        f"run at cluster {lcn} lies past the volume's end", source=self.name
+                    )
                 parts.append(chunk)
         data = b"".join(parts)
         skip = offset - first * cs

@@ -25,7 +25,7 @@ from vcbfs.ntfs.attributes import (
     parse_file_name,
     parse_standard_information,
 )
-from vcbfs.ntfs.boot import BootSector, read_boot_sector
+from vcbfs.ntfs.boot import BootSector, read_backup_boot_sector, read_boot_sector
 from vcbfs.ntfs.index import DirectoryIndex
 from vcbfs.ntfs.mft import FileRecord, Mft
 from vcbfs.ntfs.names import UpCase, default_upcase
@@ -86,8 +86,21 @@ class NtfsVolume:
     def __init__(self, source: ByteSource):
         self.source = source
         self.name = source.name
-        self.boot: BootSector = read_boot_sector(source)
-        self.mft = Mft(source, self.boot)
+        boot = read_boot_sector(source)
+        try:
+            mft = Mft(source, boot)
+        except CorruptError as exc:
+            # A damaged primary can still parse (a wrong MFT cluster or record size): then the
+            # backup's geometry may find the MFT where the primary's did not.
+            if boot.from_backup:
+                raise
+            try:
+                boot = read_backup_boot_sector(source)
+                mft = Mft(source, boot)
+            except CorruptError:
+                raise exc from None
+        self.boot: BootSector = boot
+        self.mft = mft
         self.notes: list[str] = []
         if self.boot.from_backup:
             self.notes.append("primary boot sector is damaged; using the backup")
@@ -107,8 +120,7 @@ class NtfsVolume:
             if not rec.in_use:
                 raise NotFoundError(f"MFT record {number} is not in use", source=self.name)
             if rec.base:
-                raise NotFoundError(f"MFT record {number} is an extension record",
-                                    source=self.name)  # fmt: skip
+                raise NotFoundError(f"MFT record {number} is an extension record", source=self.name)
             node = _Node(rec, attrs)
             self._nodes.put(number, node)
         return node
@@ -120,8 +132,9 @@ class NtfsVolume:
         label = f"{self.name}: record {node.record.number}"
         if name:
             label += f":{name}"
-        return open_stream(self.source, self.boot.cluster_size, extents, label,
-                           self.boot.cluster_count)  # fmt: skip
+        return open_stream(
+            self.source, self.boot.cluster_size, extents, label, self.boot.cluster_count
+        )
 
     def _small_value(
         self, node: _Node, atype: int, name: str = "", limit: int = 1 << 20
@@ -130,8 +143,9 @@ class NtfsVolume:
         if stream is None:
             return None
         if stream.size > limit:
-            raise CorruptError(f"attribute {atype:#x} is larger than {limit} bytes",
-                               source=self.name)  # fmt: skip
+            raise CorruptError(
+                f"attribute {atype:#x} is larger than {limit} bytes", source=self.name
+            )
         return stream.read_at(0, stream.size)
 
     def _load_upcase(self) -> UpCase:
@@ -216,8 +230,14 @@ class NtfsVolume:
             raise CorruptError(f"index block size {block} is not valid", source=self.name)
         vcn_size = self.boot.cluster_size if block >= self.boot.cluster_size else 512
         allocation = self._stream(node, AT.INDEX_ALLOCATION, "$I30")
-        index = DirectoryIndex(root[0].value, allocation, block, vcn_size, self.upcase,
-                               f"{self.name}: directory record {number}")  # fmt: skip
+        index = DirectoryIndex(
+            root[0].value,
+            allocation,
+            block,
+            vcn_size,
+            self.upcase,
+            f"{self.name}: directory record {number}",
+        )
         self._indexes.put(number, index)
         return index
 
@@ -233,9 +253,10 @@ class NtfsVolume:
     def child(self, number: int, name: str) -> DirEntry:
         """The entry ``name`` in a directory: an exact match first, else one ignoring case."""
         found = [
-            e for e in self._index(number).find(name)
+            e
+            for e in self._index(number).find(name)
             if e.key is not None and e.key.namespace != NS_DOS and e.record >= FIRST_USER_RECORD
-        ]  # fmt: skip
+        ]
         if not found:
             raise NotFoundError(f"no {name!r} in directory record {number}", source=self.name)
         exact = [e for e in found if e.key is not None and e.key.name == name]
