@@ -267,12 +267,6 @@ def test_fragmented_mft_our_reader(variants: Variants, ntfs_image: NtfsImage) ->
             assert record.in_use and record.base == 0 and record.sequence == number
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FileRecord.base is the base record's number, 0 for a base record: $MFT's own "
-    "extension records (base record 0) pass for base records (vcbfs/ntfs/mft.py _parse, "
-    "volume.py _node)",
-)
 def test_mft_extension_records_are_not_files(variants: Variants) -> None:
     """An extension record of $MFT is no file: stat says not found, as for any extension."""
     with opened(variants.fragmented_mft) as vol:

@@ -43,12 +43,17 @@ class FileRecord:
     sequence: int
     flags: int
     link_count: int
-    base: int  # record number of the base record; 0 for a base record
+    base: int  # record number of the base record (0 for a base record, or for $MFT's extensions)
+    base_ref: int  # the raw base reference: non-zero marks an extension record
     attributes: list[Attribute]
 
     @property
     def in_use(self) -> bool:
         return bool(self.flags & FLAG_IN_USE)
+
+    @property
+    def is_extension(self) -> bool:
+        return self.base_ref != 0
 
     @property
     def is_dir(self) -> bool:
@@ -116,7 +121,7 @@ class Mft:
                 f"MFT record {number} says it is record {num}", source=self.name, offset=offset
             )
         attrs = parse_attributes(buf, first, used, number, self.name, offset)
-        return FileRecord(number, seq, flags, links, base & MFT_REF_MASK, attrs)
+        return FileRecord(number, seq, flags, links, base & MFT_REF_MASK, base, attrs)
 
     def record(self, number: int) -> FileRecord:
         """MFT record ``number`` (fixups applied, attributes parsed)."""
@@ -162,10 +167,17 @@ class Mft:
                         source=self.name,
                     )
                 ext = self.record(e.record)
-                if ext.base != number:
+                if not ext.is_extension or ext.base != number:
+                    owner = f"record {ext.base}" if ext.is_extension else "no other record"
                     raise CorruptError(
                         f"record {number}'s attribute list names record {e.record}, "
-                        f"which belongs to record {ext.base}",
+                        f"which belongs to {owner}",
+                        source=self.name,
+                    )
+                if e.seq and e.seq != ext.sequence:
+                    raise CorruptError(
+                        f"record {number}'s attribute list names record {e.record} with "
+                        f"sequence {e.seq}, but the record has {ext.sequence}",
                         source=self.name,
                     )
                 records[e.record] = ext

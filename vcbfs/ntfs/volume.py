@@ -119,7 +119,7 @@ class NtfsVolume:
             rec, attrs = self.mft.attributes(number)
             if not rec.in_use:
                 raise NotFoundError(f"MFT record {number} is not in use", source=self.name)
-            if rec.base:
+            if rec.is_extension:
                 raise NotFoundError(f"MFT record {number} is an extension record", source=self.name)
             node = _Node(rec, attrs)
             self._nodes.put(number, node)

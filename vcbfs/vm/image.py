@@ -101,9 +101,7 @@ class VmImage:
                 try:
                     part = p.source(disk.source)
                     if part.read_at(3, 8) == NTFS_OEM:
-                        found.append(
-                            Volume(len(found) + 1, disk, p, part, table.mbr_signature)
-                        )
+                        found.append(Volume(len(found) + 1, disk, p, part, table.mbr_signature))
                 except VcbfsError as exc:
                     self._note(f"disk {disk.index} partition {p.number}: {exc}")
         return found
