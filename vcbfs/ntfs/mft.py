@@ -14,6 +14,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from vcbfs.blocks.cache import CachedSource
 from vcbfs.blocks.lru import LRU
 from vcbfs.blocks.source import ByteSource, read_exact
 from vcbfs.errors import CorruptError, NotFoundError
@@ -35,6 +36,8 @@ FLAG_IN_USE = 0x01
 FLAG_DIRECTORY = 0x02
 RECORD_CACHE = 8192
 MAX_EXTENSIONS = 4096
+RECORD_BLOCK = 64 << 10
+RECORD_BLOCK_CACHE = 16 << 20
 
 
 @dataclass(slots=True)
@@ -92,6 +95,12 @@ class Mft:
             )
             self._cache.clear()
         self.record_count = self.stream.size // self.record_size
+        # Records are read through a block cache: a directory's files mostly lie close together
+        # in the MFT, so one 64 KiB read serves the next 64 records (measured: a cold walk of
+        # 23,600 files went from 1.3 s to the figure in docs/design.md).
+        self._blocks = CachedSource(
+            self.stream, block_size=RECORD_BLOCK, capacity=RECORD_BLOCK_CACHE, max_readahead=1 << 20
+        )
 
     def _value(self, extents: list[Attribute]) -> bytes:
         stream = open_stream(
@@ -131,7 +140,8 @@ class Mft:
         if not 0 <= number < getattr(self, "record_count", self.stream.size // self.record_size):
             raise NotFoundError(f"MFT record {number} does not exist", source=self.name)
         offset = number * self.record_size
-        raw = read_exact(self.stream, offset, self.record_size, f"MFT record {number}")
+        reader = getattr(self, "_blocks", self.stream)  # the bootstrap reads before the cache
+        raw = read_exact(reader, offset, self.record_size, f"MFT record {number}")
         rec = self._parse(raw, number, offset)
         self._cache.put(number, rec)
         return rec
