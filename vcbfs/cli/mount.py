@@ -155,6 +155,10 @@ def run_umount(args: argparse.Namespace) -> int:
 
     mountpoint = args.mountpoint
     pidfile = _pidfile(mountpoint)
+    try:  # read before unmounting: the server removes the file as it exits
+        pid: int | None = int(pidfile.read_text())
+    except (OSError, ValueError):
+        pid = None
     tool = shutil.which("fusermount3") or shutil.which("fusermount") or "fusermount3"
     done = subprocess.run([tool, "-u", mountpoint], capture_output=True, text=True, check=False)
     if done.returncode != 0:
@@ -163,9 +167,7 @@ def run_umount(args: argparse.Namespace) -> int:
         )
         if lazy.returncode != 0:
             raise NotFoundError(done.stderr.strip() or "not mounted", source=mountpoint)
-    try:
-        pid = int(pidfile.read_text())
-    except (OSError, ValueError):
+    if pid is None:
         return 0
     deadline = time.monotonic() + UMOUNT_WAIT
     while time.monotonic() < deadline:
