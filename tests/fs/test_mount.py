@@ -7,6 +7,7 @@ import hashlib
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import tarfile
@@ -158,6 +159,8 @@ def test_streams_and_attributes_as_xattrs(mnt: Path, test_vm: TestVm, tmp_path: 
         == (data.entries[data.streams_file]["attributes"])
     )
     assert os.getxattr(path, "user.ntfs_acl")[0] == 1
+    times = struct.unpack("<4Q", os.getxattr(path, "user.ntfs_times"))
+    assert list(times) == data.entries[data.streams_file]["ntfs_times"]
     large = Path(f"{path}:{data.large_stream}")
     assert _sha256(large) == ref[data.large_stream]["sha256"]
     out = tmp_path / "x.tar"

@@ -411,7 +411,7 @@ class Tree:
                     for t in (st.created, st.modified, st.accessed, st.changed)
                 ),
             )
-        if want("user.ntfs_acl") and (not values or only == "user.ntfs_acl" or only is None):
+        if want("user.ntfs_acl"):
             sd = vol.security_descriptor(record) if values else b""
             if sd is not None:
                 out["user.ntfs_acl"] = sd
