@@ -93,13 +93,14 @@ def _partition(disk: ByteSource, number: int) -> ByteSource:
 
 def _volume(disk: ByteSource, number: int | None) -> NtfsVolume:
     """The NTFS volume in partition ``number``, or the only one there is."""
-    from vcbfs.blocks.partitions import read_partitions
     from vcbfs.ntfs.volume import NtfsVolume
 
     if number is not None:
         return NtfsVolume(_partition(disk, number))
     if disk.read_at(3, 8) == b"NTFS    ":  # a bare volume image, no partition table
         return NtfsVolume(disk)
+    from vcbfs.blocks.partitions import read_partitions
+
     table = read_partitions(disk)
     found = []
     for p in table.partitions:
