@@ -287,3 +287,37 @@ def test_mount_errors_reach_the_caller(tmp_path: Path) -> None:
     )
     assert bad.returncode == 1 and "unknown mount option" in bad.stderr
     shutil.rmtree(tmp_path / "m")
+
+
+def test_a_corrupt_file_is_eio_and_the_mount_stays_up(test_vm: TestVm, tmp_path: Path) -> None:
+    """A torn MFT record fails that one file; its directory and siblings stay readable."""
+    from tests.ntfs.patching import read_record
+    from vcbfs.blocks.local import LocalSource
+    from vcbfs.ntfs.volume import NtfsVolume
+
+    image = tmp_path / "sys.img"
+    shutil.copyfile(test_vm.sys_volume, image)
+    with LocalSource(image) as src:
+        vol = NtfsVolume(src)
+        offset, _ = read_record(vol, vol.lookup("boot.ini"))
+    with image.open("r+b") as f:  # break the fixup tail of the record's second sector
+        f.seek(offset + 1022)
+        f.write(b"\xde\xad")
+    path = tmp_path / "m"
+    _mount_source(image, path)
+    try:
+        root = path / "digits/1"
+        with pytest.raises(OSError) as info:
+            (root / "boot.ini").read_bytes()
+        assert info.value.errno == errno.EIO
+        assert "boot.ini" not in os.listdir(root)  # left out of the listing, not fatal
+        want = SYS_FILES["Users/Public/Documents/report.txt"]
+        assert (root / "Users/Public/Documents/report.txt").read_bytes() == want
+    finally:
+        _umount(path)
+    assert not os.path.ismount(path)
+
+
+def _mount_source(source: Path, mnt: Path) -> None:
+    mnt.mkdir(exist_ok=True)
+    vcbfs("mount", str(source), str(mnt))

@@ -128,6 +128,7 @@ def run_mount(args: argparse.Namespace) -> int:
             null = os.open(os.devnull, os.O_RDWR)
             for fd in (0, 1, 2):
                 os.dup2(null, fd)
+            _log_to_syslog()
 
         start(ready)
     except VcbfsError as exc:
@@ -139,6 +140,21 @@ def run_mount(args: argparse.Namespace) -> int:
     finally:
         _pidfile(mountpoint).unlink(missing_ok=True)
         os._exit(code)
+
+
+def _log_to_syslog() -> None:
+    """A background server has no terminal: its log lines (a corrupt file's EIO) go to syslog."""
+    import logging
+    import logging.handlers
+
+    if not os.path.exists("/dev/log"):
+        return
+    try:
+        handler = logging.handlers.SysLogHandler(address="/dev/log")
+    except OSError:
+        return
+    handler.setFormatter(logging.Formatter("vcbfs[%(process)d]: %(levelname)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
 
 
 def _tell(fd: int, message: str) -> None:
