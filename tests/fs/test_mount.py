@@ -163,6 +163,9 @@ def test_streams_and_attributes_as_xattrs(mnt: Path, test_vm: TestVm, tmp_path: 
     assert list(times) == data.entries[data.streams_file]["ntfs_times"]
     large = Path(f"{path}:{data.large_stream}")
     assert _sha256(large) == ref[data.large_stream]["sha256"]
+    st = os.stat(large)  # its own inode, which getattr must know too
+    assert st.st_size == ref[data.large_stream]["size"] and st.st_ino != os.stat(path).st_ino
+    assert large.name not in os.listdir(path.parent)
     out = tmp_path / "x.tar"
     subprocess.run(
         ["tar", "--xattrs", "-cf", str(out), "-C", str(path.parent), path.name], check=True

@@ -199,6 +199,8 @@ class Tree:
     # -- the interface the FUSE adapter uses ---------------------------------------------
 
     def getattr(self, ino: int) -> Attr:
+        if ino & STREAM_INO:
+            return self._stream_attr(*self._stream_key(ino))
         found = self._view(ino)
         if found is None:
             node = self._nodes.get(ino)
@@ -267,12 +269,18 @@ class Tree:
         vol = view.volume.ntfs()
         base, colon, stream = name.partition(":")
         entry = vol.child(record, base)
-        ino = (view.key << VIEW_SHIFT) | entry.record
         if colon:
-            return self._stream_attr(view, entry.record, ino, stream)
-        return self.getattr(ino)
+            return self._stream_attr(view, entry.record, stream)
+        return self.getattr((view.key << VIEW_SHIFT) | entry.record)
 
-    def _stream_attr(self, view: _View, record: int, ino: int, stream: str) -> Attr:
+    def _stream_key(self, ino: int) -> tuple[_View, int, str]:
+        key = self._stream_keys.get(ino)
+        if key is None or self._views is None:
+            raise NotFoundError(f"no inode {ino}")
+        vkey, record, stream = key
+        return self._views[vkey], record, stream
+
+    def _stream_attr(self, view: _View, record: int, stream: str) -> Attr:
         """A ``file:stream`` name: its own inode in the view's stream space."""
         vol = view.volume.ntfs()
         sizes = dict(vol.streams(record))
@@ -325,9 +333,8 @@ class Tree:
 
     def open(self, ino: int) -> ByteSource:
         if ino & STREAM_INO:
-            vkey, record, stream = self._stream_keys[ino]
-            assert self._views is not None
-            return self._views[vkey].volume.ntfs().open(record, stream)
+            view, record, stream = self._stream_key(ino)
+            return view.volume.ntfs().open(record, stream)
         found = self._view(ino)
         if found is None:
             node = self._nodes.get(ino)

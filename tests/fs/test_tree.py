@@ -1,0 +1,46 @@
+"""The tree model without FUSE: what the adapter asks of it, answered directly."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.fs.vmfixture import TestVm
+from vcbfs.errors import NotFoundError
+from vcbfs.fs.tree import ROOT_INO, STREAM_INO, Tree
+from vcbfs.vm.local import open_local_vm
+
+
+@pytest.fixture
+def tree(test_vm: TestVm):
+    image = open_local_vm(test_vm.vmx)
+    yield Tree(image)
+    image.close()
+
+
+def _walk(tree: Tree, path: str) -> int:
+    ino = ROOT_INO
+    for part in path.split("/"):
+        ino = tree.lookup(ino, part).ino
+    return ino
+
+
+def test_stream_inodes_answer_getattr_and_open(tree: Tree, test_vm: TestVm) -> None:
+    data = test_vm.data
+    parent = _walk(tree, "letters/F/" + data.streams_file.rsplit("/", 1)[0])
+    name = data.streams_file.rsplit("/", 1)[1]
+    attr = tree.lookup(parent, f"{name}:{data.large_stream}")
+    assert attr.ino & STREAM_INO
+    again = tree.getattr(attr.ino)  # the kernel asks again once its cached attributes expire
+    assert (
+        again == attr and again.size == data.entries[data.streams_file]["streams"]["large"]["size"]
+    )
+    assert tree.open(attr.ino).size == again.size
+    with pytest.raises(NotFoundError):
+        tree.getattr(STREAM_INO | 999_999)
+
+
+def test_listing_the_root_opens_no_volume(tree: Tree) -> None:
+    assert [name for name, _ in tree.readdir(ROOT_INO)] == ["digits", "fullvm", "letters"]
+    assert tree.image._volumes is None  # nothing past the disks was looked at
+    assert [name for name, _ in tree.readdir(tree.lookup(ROOT_INO, "digits").ino)] == ["1", "2"]
+    assert tree.image._volumes is not None
