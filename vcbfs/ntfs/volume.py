@@ -76,6 +76,7 @@ class NtfsStat:
 class _Node:
     record: FileRecord
     attrs: list[Attribute]
+    stat: NtfsStat | None = None
 
     def find(self, atype: int, name: str = "") -> list[Attribute]:
         return [a for a in self.attrs if a.type == atype and a.name == name]
@@ -173,7 +174,13 @@ class NtfsVolume:
     # -- the face --------------------------------------------------------------------------
 
     def stat(self, number: int) -> NtfsStat:
+        """A record's stat, computed once per cached record (the mount asks for it often)."""
         node = self._node(number)
+        if node.stat is None:
+            node.stat = self._stat(number, node)
+        return node.stat
+
+    def _stat(self, number: int, node: _Node) -> NtfsStat:
         si_attr = node.find(AT.STANDARD_INFORMATION)
         if not si_attr or not si_attr[0].resident:
             raise CorruptError(f"record {number} has no $STANDARD_INFORMATION", source=self.name)

@@ -90,23 +90,24 @@ class VmImage:
                     continue
                 table = read_partitions(disk.source)
             except VcbfsError as exc:
-                self._note(f"disk {disk.index} ({disk.name}): {exc}")
+                self.note(f"disk {disk.index} ({disk.name}): {exc}")
                 continue
             for note in table.notes:
-                self._note(f"disk {disk.index} ({disk.name}): {note}")
+                self.note(f"disk {disk.index} ({disk.name}): {note}")
             for p in table.partitions:
                 if not p.supported:
-                    self._note(f"disk {disk.index} partition {p.number}: {p.reason}")
+                    self.note(f"disk {disk.index} partition {p.number}: {p.reason}")
                     continue
                 try:
                     part = p.source(disk.source)
                     if part.read_at(3, 8) == NTFS_OEM:
                         found.append(Volume(len(found) + 1, disk, p, part, table.mbr_signature))
                 except VcbfsError as exc:
-                    self._note(f"disk {disk.index} partition {p.number}: {exc}")
+                    self.note(f"disk {disk.index} partition {p.number}: {exc}")
         return found
 
-    def _note(self, text: str) -> None:
+    def note(self, text: str) -> None:
+        """Record (and log) why something of this VM could not be read."""
         log.warning("%s: %s", self.name, text)
         self.notes.append(text)
 

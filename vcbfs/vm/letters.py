@@ -29,12 +29,12 @@ def volume_letters(image: VmImage) -> dict[str, Volume]:
         try:
             ntfs = vol.ntfs()
         except VcbfsError as exc:
-            image._note(f"volume {vol.number}: {exc}")
+            image.note(f"volume {vol.number}: {exc}")
             continue
         vid = volume_id(vol)
         pairs.append((vid, ntfs))
         by_id[vid] = vol
     found = find_letters(pairs)
     for note in found.notes:
-        image._note(note)
+        image.note(note)
     return {letter: by_id[vid] for letter, vid in found.letters.items() if vid in by_id}
