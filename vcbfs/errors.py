@@ -21,6 +21,7 @@ __all__ = [
     "ReadError",
     "UnsupportedError",
     "VcbfsError",
+    "VsphereError",
 ]
 
 
@@ -93,3 +94,9 @@ class OutOfRangeError(VcbfsError, ValueError):
     """A caller asked for bytes outside a source (a negative offset or length)."""
 
     errno = _errno.EINVAL
+
+
+class VsphereError(VcbfsError, RuntimeError):
+    """vCenter or ESXi refused or failed a request: a fault, a failed task, no connection."""
+
+    errno = _errno.EIO

@@ -138,10 +138,21 @@ class _Transient(Exception):
 
 
 class HttpSession:
-    """One connection pool and retry policy shared by all sources opened with it."""
+    """One connection pool and retry policy shared by all sources opened with it.
 
-    def __init__(self, options: HttpOptions | None = None):
+    ``renew_cookie``, when given, is asked for a fresh session cookie after a 401 (a vSphere
+    session that expired); the request is then tried once more with it.
+    """
+
+    def __init__(
+        self,
+        options: HttpOptions | None = None,
+        *,
+        renew_cookie: Callable[[], str] | None = None,
+    ):
         self.options = opts = options or HttpOptions()
+        self.cookie = opts.cookie
+        self._renew_cookie = renew_cookie
         tls: dict[str, object]
         if opts.thumbprint:
             # Pinning replaces CA and host name checks: the fingerprint is the identity.
@@ -204,14 +215,18 @@ class HttpSession:
         opts = self.options
         deadline = time.monotonic() + opts.retry_deadline
         attempt = 0
+        renewed = False
         while True:
             attempt += 1
             retry_after: float | None = None
+            sent = dict(headers)
+            if self.cookie:
+                sent["Cookie"] = self.cookie
             try:
                 resp = self._pool.request(
                     method,
                     url,
-                    headers=dict(headers),
+                    headers=sent,
                     preload_content=False,
                     decode_content=False,
                     redirect=False,
@@ -233,6 +248,11 @@ class HttpSession:
                     if resp.status in RETRY_STATUSES:
                         cause = f"HTTP {resp.status} {resp.reason or ''}".rstrip()
                         retry_after = _retry_after(resp.headers.get("Retry-After"))
+                    elif resp.status == 401 and self._renew_cookie and not renewed:
+                        renewed = True
+                        self.cookie = self._renew_cookie()
+                        attempt -= 1  # not a failure of the server's: retry at once
+                        continue
                     else:
                         _raise_refusal(resp, name, offset)
                         result = accept(resp)
@@ -278,8 +298,10 @@ class HttpSession:
         return self._scrub(text)
 
     def _scrub(self, text: str) -> str:
-        cookie = self.options.cookie
-        return text.replace(cookie, "<cookie>") if cookie else text
+        for cookie in {self.cookie, self.options.cookie}:
+            if cookie:
+                text = text.replace(cookie, "<cookie>")
+        return text
 
     def _tls_failure(self, exc: SSLError, name: str) -> VcbfsError | None:
         """The error for a TLS failure no retry can fix, or None if it looks transient."""
@@ -418,8 +440,6 @@ class HttpSource(ByteSource):
         self.name = redact_url(url)
         self._url, auth = _request_target(url)
         self._headers = {"Accept-Encoding": "identity", "User-Agent": "vcbfs", **auth}
-        if session.options.cookie:
-            self._headers["Cookie"] = session.options.cookie
         self.size = self._probe()
 
     def _probe(self) -> int:

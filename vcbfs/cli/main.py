@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from vcbfs import __version__
-from vcbfs.cli import disk, mount
+from vcbfs.cli import disk, mount, vsphere
 from vcbfs.errors import VcbfsError
 
 __all__ = ["main"]
@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     verbs = parser.add_subparsers(dest="verb", metavar="COMMAND", required=True)
     disk.register(verbs)
     mount.register(verbs)
+    vsphere.register(verbs)
     return parser
 
 

@@ -28,18 +28,55 @@ class UsageError(VcbfsError, ValueError):
 
 
 def register(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    m = verbs.add_parser("mount", help="mount a VM's disks as a read-only tree")
-    m.add_argument("source", metavar="SOURCE", help="a .vmx, a .vmdk or a raw disk image")
-    m.add_argument("mountpoint", metavar="MOUNTPOINT")
+    from vcbfs.cli.vsphere import add_vsphere_options
+
+    m = verbs.add_parser(
+        "mount",
+        add_help=False,
+        usage=(
+            "vcbfs mount [options] SOURCE MOUNTPOINT\n"
+            "       vcbfs mount --automount [options] [SPEC|FOLDER] MOUNTPOINT"
+        ),
+        help="mount a VM (local files, or a vSphere VM through a snapshot) as a read-only tree",
+        description=(
+            "vcbfs mount SOURCE MOUNTPOINT: SOURCE is a .vmx, .vmdk or raw image, or a VM "
+            "specifier (name:, ipaddr:, uuid:, moref:, powerstate:, any:) naming vSphere VMs. "
+            "vcbfs mount --automount [SPEC|FOLDER] MOUNTPOINT shows every VM as a directory, "
+            "snapshotted on first use and released when idle."
+        ),
+    )
+    m.add_argument("targets", nargs="+", metavar="SOURCE MOUNTPOINT", help=argparse.SUPPRESS)
     m.add_argument(
         "-o",
         dest="options",
         action="append",
         default=[],
         metavar="OPTIONS",
-        help="allow_other, uid=N, gid=N, umask=NNN (comma-separated)",
+        help="allow_other, uid=N, gid=N, umask=NNN, idle=SECONDS (comma-separated)",
     )
     m.add_argument("-f", dest="foreground", action="store_true", help="stay in the foreground")
+    m.add_argument(
+        "--automount", action="store_true", help="a directory per VM, opened on first use"
+    )
+    m.add_argument(
+        "--no-quiesce",
+        action="store_true",
+        help="take crash-consistent snapshots (no VMware Tools quiescing)",
+    )
+    m.add_argument(
+        "--datastore-path",
+        dest="datastore_paths",
+        action="append",
+        metavar="DS=PATH",
+        help="read datastore DS from a local mount at PATH (SAN/NFS); repeatable, in order",
+    )
+    m.add_argument(
+        "--transport",
+        dest="transports",
+        metavar="LIST",
+        help="the transports to try, in order: local,https (the default)",
+    )
+    add_vsphere_options(m)
     m.set_defaults(run=run_mount)
     u = verbs.add_parser("umount", help="unmount a vcbfs mount (also one whose server died)")
     u.add_argument("mountpoint", metavar="MOUNTPOINT")
@@ -52,6 +89,7 @@ def parse_options(values: list[str]) -> dict[str, object]:
         "uid": os.getuid(),
         "gid": os.getgid(),
         "umask": 0o022,
+        "idle": None,
     }
     for item in ",".join(values).split(","):
         key, eq, value = item.strip().partition("=")
@@ -59,9 +97,16 @@ def parse_options(values: list[str]) -> dict[str, object]:
             continue
         if key == "allow_other" and not eq:
             opts["allow_other"] = True
-        elif key in ("uid", "gid", "umask") and eq:
+        elif key in ("uid", "gid", "umask", "idle") and eq:
             try:
-                opts[key] = int(value, 8) & 0o777 if key == "umask" else int(value)
+                if key == "umask":
+                    opts[key] = int(value, 8) & 0o777
+                elif key == "idle":
+                    opts[key] = float(value)
+                    if not opts[key] > 0:  # type: ignore[operator]
+                        raise ValueError(value)
+                else:
+                    opts[key] = int(value)
             except ValueError:
                 raise UsageError(f"bad value in mount option {item!r}") from None
         else:
@@ -69,35 +114,68 @@ def parse_options(values: list[str]) -> dict[str, object]:
     return opts
 
 
-def _pidfile(mountpoint: str) -> Path:
+def mount_key(mountpoint: str) -> str:
+    """A short name for a mount point in the run-state directory."""
     import hashlib
 
-    key = hashlib.sha256(os.path.realpath(mountpoint).encode()).hexdigest()[:16]
-    return RUN_DIR / f"mount-{key}.pid"
+    return hashlib.sha256(os.path.realpath(mountpoint).encode()).hexdigest()[:16]
+
+
+def _pidfile(mountpoint: str) -> Path:
+    return RUN_DIR / f"mount-{mount_key(mountpoint)}.pid"
+
+
+def _is_spec(text: str) -> bool:
+    from vcbfs.vsphere.inventory import KINDS
+
+    kind, colon, _ = text.partition(":")
+    return bool(colon) and kind.lower() in KINDS and not os.path.exists(text)
 
 
 def run_mount(args: argparse.Namespace) -> int:
-    from vcbfs.fs.mount import fuse_options, serve
-    from vcbfs.fs.tree import Tree
-    from vcbfs.vm.local import open_local_vm
-
     opts = parse_options(args.options)
-    mountpoint = args.mountpoint
+    if len(args.targets) > 2 or (len(args.targets) == 1 and not args.automount):
+        raise UsageError("give SOURCE MOUNTPOINT (or --automount [SOURCE] MOUNTPOINT)")
+    mountpoint = args.targets[-1]
+    source = args.targets[0] if len(args.targets) == 2 else "any:"
     if not os.path.isdir(mountpoint):
         raise NotFoundError("mount point is not a directory", source=mountpoint)
     umask = int(opts["umask"])  # type: ignore[call-overload]
+    modes = {"dir_mode": 0o555 & ~umask, "file_mode": 0o444 & ~umask}
+    vsphere = _is_spec(source)
+    settings = None
+    if vsphere:
+        from vcbfs.cli.vsphere import settings_from_args
+
+        settings = settings_from_args(args)
+        settings.require_host()
+        settings.require_password()  # asked here, on the terminal, before going to background
+    elif not os.path.exists(source):
+        raise NotFoundError(
+            "no such file, and not a VM specifier (name:, ipaddr:, ...)", source=source
+        )
+    idle = opts["idle"] if opts["idle"] is not None else (settings.idle if settings else 300.0)
 
     def start(ready: object) -> None:
-        image = open_local_vm(args.source)
-        tree = Tree(image, now_ns=time.time_ns(), dir_mode=0o555 & ~umask, file_mode=0o444 & ~umask)
+        from vcbfs.fs.mount import fuse_options, serve
+
+        closers: list[object] = []
+        if vsphere:
+            model = _vsphere_model(args, settings, source, float(idle), modes, closers)  # type: ignore[arg-type]
+        else:
+            model = _local_model(source, args.automount, float(idle), modes)
         serve(
-            tree,
+            model,
             mountpoint,
             fuse_options(allow_other=bool(opts["allow_other"])),
-            uid=int(opts["uid"]),
-            gid=int(opts["gid"]),
-            ready=ready,
-        )  # type: ignore[arg-type]
+            uid=int(opts["uid"]),  # type: ignore[call-overload]
+            gid=int(opts["gid"]),  # type: ignore[call-overload]
+            ready=ready,  # type: ignore[arg-type]
+            control=str(RUN_DIR / f"mount-{mount_key(mountpoint)}.sock")
+            if args.automount
+            else None,
+            cleanup=lambda: [c() for c in reversed(closers)],  # type: ignore[operator]
+        )
 
     if args.foreground:
         start(None)
@@ -197,3 +275,76 @@ def run_umount(args: argparse.Namespace) -> int:
         return 1
     pidfile.unlink(missing_ok=True)
     return 0
+
+
+def _local_model(source: str, automount: bool, idle: float, modes: dict[str, int]) -> object:
+    from vcbfs.fs.automount import VmFolder
+    from vcbfs.fs.tree import Tree
+    from vcbfs.vm.local import open_local_vm
+    from vcbfs.vm.provider import LocalProvider
+
+    now = time.time_ns()
+    if automount:
+        return VmFolder(LocalProvider([source]), idle=idle, now_ns=now, **modes)
+    return Tree(open_local_vm(source), now_ns=now, **modes)
+
+
+def _vsphere_model(
+    args: argparse.Namespace,
+    settings: object,
+    spec_text: str,
+    idle: float,
+    modes: dict[str, int],
+    closers: list[object],
+) -> object:
+    """Connect, clean up after any crash, then snapshot (now, or on first use)."""
+    import logging
+
+    from vcbfs.cli.vsphere import connect
+    from vcbfs.fs.automount import VmFolder
+    from vcbfs.fs.tree import Tree
+    from vcbfs.vsphere.datastore import Datastores
+    from vcbfs.vsphere.inventory import NameCache, parse_spec
+    from vcbfs.vsphere.provider import VsphereProvider
+    from vcbfs.vsphere.snapshots import Journal, cleanup
+
+    log = logging.getLogger("vcbfs.mount")
+    spec = parse_spec(spec_text)
+    session = connect(settings)  # type: ignore[arg-type]
+    closers.append(session.close)
+    try:
+        journal = Journal(settings.journal_dir)  # type: ignore[attr-defined]
+        for action in cleanup(session, journal):
+            log.warning("startup cleanup: %s", action)
+        datastores = Datastores(
+            session,
+            local=[(n, str(p)) for n, p in settings.datastore_paths],  # type: ignore[attr-defined]
+            transports=settings.transports,  # type: ignore[attr-defined]
+        )
+        provider = VsphereProvider(
+            session,
+            datastores,
+            journal,
+            spec,
+            cache=NameCache(settings.vm_name_cache),  # type: ignore[attr-defined]
+            quiesce=settings.quiesce,  # type: ignore[attr-defined]
+        )
+        now = time.time_ns()
+        if args.automount:
+            return VmFolder(provider, idle=idle, now_ns=now, **modes)
+        vms = provider.vms()
+        if not vms:
+            raise NotFoundError(f"no VM matches {spec}", source=session.host)
+        if len(vms) == 1:
+            closers.append(provider.close)
+            return Tree(provider.open_vm(vms[0]), now_ns=now, **modes)
+        folder = VmFolder(provider, idle=None, now_ns=now, **modes)
+        try:
+            folder.open_all()
+        except BaseException:
+            folder.close()
+            raise
+        return folder
+    except BaseException:
+        session.close()
+        raise

@@ -7,6 +7,8 @@ and closes the image on the way out.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
 import signal
@@ -15,8 +17,10 @@ from collections.abc import Callable
 import pyfuse3
 import trio
 
+from vcbfs.errors import VcbfsError
+from vcbfs.fs.automount import VmFolder
 from vcbfs.fs.operations import Operations
-from vcbfs.fs.tree import Tree
+from vcbfs.fs.tree import ROOT_INO, Tree
 
 __all__ = ["fuse_options", "serve"]
 
@@ -53,18 +57,22 @@ async def _watch_signals(cancel: trio.CancelScope) -> None:
 
 
 def serve(
-    tree: Tree,
+    tree: Tree | VmFolder,
     mountpoint: str,
     options: set[str],
     *,
     uid: int = 0,
     gid: int = 0,
     ready: Callable[[], None] | None = None,
+    control: str | None = None,
+    cleanup: Callable[[], object] | None = None,
 ) -> None:
     """Mount ``tree`` at ``mountpoint`` and serve it until unmounted or signalled.
 
     ``ready`` is called once requests are being answered: touching the mount point before
-    that (even ``stat``) would wait on this very process.
+    that (even ``stat``) would wait on this very process.  For a folder of VMs, idle VMs are
+    released as they expire, and ``control`` (a Unix socket path) takes ``release VM``
+    requests from ``vcbfs release``.  ``cleanup`` runs after the tree is closed (a logout).
     """
     ops = Operations(tree, uid=uid, gid=gid)
     pyfuse3.init(ops, mountpoint, options)
@@ -75,6 +83,11 @@ def serve(
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_watch_signals, nursery.cancel_scope)
                 nursery.start_soon(_when_serving, mountpoint, ready)
+                if isinstance(tree, VmFolder):
+                    if tree.idle is not None:
+                        nursery.start_soon(_expire_idle, tree)
+                    if control is not None:
+                        await nursery.start(_serve_control, tree, control)
                 await pyfuse3.main()
                 nursery.cancel_scope.cancel()
 
@@ -82,7 +95,14 @@ def serve(
         unmounted = True
     finally:
         pyfuse3.close(unmount=True)
-        tree.image.close()
+        try:
+            tree.close()
+        finally:
+            if cleanup is not None:
+                cleanup()
+        if control is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(control)
         log.info("unmounted %s (%s)", mountpoint, "clean" if unmounted else "after an error")
 
 
@@ -90,3 +110,65 @@ async def _when_serving(mountpoint: str, ready: Callable[[], None] | None) -> No
     await trio.to_thread.run_sync(raise_readahead, mountpoint)  # a stat: answered by main()
     if ready is not None:
         ready()
+
+
+def _forget(names: list[str]) -> None:
+    """Make the kernel look released VMs up again (their next use takes a new snapshot)."""
+    for name in names:
+        pyfuse3.invalidate_entry_async(ROOT_INO, os.fsencode(name), ignore_enoent=True)
+
+
+async def _expire_idle(folder: VmFolder) -> None:
+    assert folder.idle is not None
+    period = max(0.2, min(5.0, folder.idle / 4))
+    while True:
+        await trio.sleep(period)
+        _forget(await trio.to_thread.run_sync(folder.expire))
+
+
+async def _serve_control(
+    folder: VmFolder, path: str, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """A private Unix socket taking one JSON request per connection: ``{"release": VM}``."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        await sock.bind(path)
+    finally:
+        os.umask(old)
+    sock.listen(8)
+    listener = trio.SocketListener(sock)
+    task_status.started()
+
+    async def handle(stream: trio.SocketStream) -> None:
+        async with stream:
+            data = b""
+            with trio.move_on_after(10):
+                while b"\n" not in data and len(data) < 65536:
+                    chunk = await stream.receive_some(4096)
+                    if not chunk:
+                        break
+                    data += chunk
+            answer = await trio.to_thread.run_sync(_answer, folder, data)
+            await stream.send_all(json.dumps(answer).encode() + b"\n")
+
+    await trio.serve_listeners(handle, [listener])
+
+
+def _answer(folder: VmFolder, data: bytes) -> dict[str, object]:
+    try:
+        request = json.loads(data)
+        name = request["release"]
+        if not isinstance(name, str):
+            raise TypeError("the VM name must be a string")
+    except (ValueError, KeyError, TypeError) as exc:
+        return {"error": f"bad request: {exc}"}
+    try:
+        released = folder.release(name, force=bool(request.get("force")))
+    except VcbfsError as exc:
+        return {"error": exc.describe()}
+    if released:
+        _forget([name])
+    return {"released": released}

@@ -18,7 +18,7 @@ import itertools
 import logging
 import os
 from collections.abc import Awaitable, Callable
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import pyfuse3
 import trio
@@ -26,6 +26,9 @@ import trio
 from vcbfs.blocks.source import ByteSource
 from vcbfs.errors import VcbfsError
 from vcbfs.fs.tree import Attr, Tree
+
+if TYPE_CHECKING:
+    from vcbfs.fs.automount import VmFolder
 
 __all__ = ["Operations"]
 
@@ -66,18 +69,18 @@ def _readonly(*_args: Any, **_kwargs: Any) -> Awaitable[Any]:
 
 
 class Operations(pyfuse3.Operations):
-    """pyfuse3 operations over a Tree."""
+    """pyfuse3 operations over a Tree (one VM) or a VmFolder (many)."""
 
     enable_writeback_cache = False
 
-    def __init__(self, tree: Tree, *, uid: int = 0, gid: int = 0, threads: int = 16):
+    def __init__(self, tree: Tree | VmFolder, *, uid: int = 0, gid: int = 0, threads: int = 16):
         super().__init__()
         self.tree = tree
         self.uid = uid
         self.gid = gid
         self._limiter = trio.CapacityLimiter(threads)
-        self._files: dict[int, ByteSource] = {}
-        self._dirs: dict[int, list[tuple[bytes, Attr]]] = {}
+        self._files: dict[int, tuple[ByteSource, object]] = {}
+        self._dirs: dict[int, tuple[list[tuple[bytes, Attr]], object]] = {}
         self._handles = itertools.count(1)
 
     async def _run(self, fn: Callable[..., R], *args: Any) -> R:
@@ -124,21 +127,25 @@ class Operations(pyfuse3.Operations):
     async def opendir(self, inode: int, ctx: Any) -> int:
         listing = await self._run(self.tree.readdir, inode)
         fh = next(self._handles)
-        self._dirs[fh] = [(os.fsencode(name), attr) for name, attr in listing]
+        held = self.tree.hold(inode)
+        self._dirs[fh] = ([(os.fsencode(name), attr) for name, attr in listing], held)
         return fh
 
     @_guard
     async def readdir(self, fh: int, start_id: int, token: Any) -> None:
-        listing = self._dirs.get(fh)
-        if listing is None:
+        found = self._dirs.get(fh)
+        if found is None:
             raise pyfuse3.FUSEError(errno.EBADF)
+        listing = found[0]
         for i in range(start_id, len(listing)):
             name, attr = listing[i]
             if not pyfuse3.readdir_reply(token, name, self._entry(attr), i + 1):
                 break
 
     async def releasedir(self, fh: int) -> None:
-        self._dirs.pop(fh, None)
+        found = self._dirs.pop(fh, None)
+        if found is not None:
+            self.tree.unhold(found[1])
 
     @_guard
     async def open(self, inode: int, flags: int, ctx: Any) -> Any:
@@ -146,18 +153,20 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EROFS)
         source = await self._run(self.tree.open, inode)
         fh = next(self._handles)
-        self._files[fh] = source
+        self._files[fh] = (source, self.tree.hold(inode))
         return pyfuse3.FileInfo(fh=fh, keep_cache=True, direct_io=False)
 
     @_guard
     async def read(self, fh: int, off: int, size: int) -> bytes:
-        source = self._files.get(fh)
-        if source is None:
+        found = self._files.get(fh)
+        if found is None:
             raise pyfuse3.FUSEError(errno.EBADF)
-        return await self._run(source.read_at, off, size)
+        return await self._run(found[0].read_at, off, size)
 
     async def release(self, fh: int) -> None:
-        self._files.pop(fh, None)  # sources belong to the tree; nothing to close per handle
+        found = self._files.pop(fh, None)  # sources belong to the tree: nothing to close
+        if found is not None:
+            self.tree.unhold(found[1])
 
     @_guard
     async def listxattr(self, inode: int, ctx: Any) -> list[bytes]:

@@ -44,6 +44,7 @@ ROOT_INO = 1
 VIEW_SHIFT = 40
 STREAM_INO = 1 << 62
 XATTR_MAX = 65536
+MAX_VIEWS = 256  # view keys fit 8 bits: a tree's inodes stay below 2**48
 _META = ("ntfs_attrib_be", "ntfs_acl", "ntfs_times", "ntfs_reparse_data")
 
 
@@ -174,13 +175,32 @@ class Tree:
         volumes = self.image.volumes()
         for vol in volumes:
             key = len(views) + 1
+            if key >= MAX_VIEWS:
+                self.image.note(
+                    f"more than {MAX_VIEWS - 1} volumes: volume {vol.number}: not shown"
+                )
+                break
             views[key] = _View(key, f"digits/{vol.number}", vol)
             self._link(digits, self._add((key << VIEW_SHIFT) | NTFS_ROOT, str(vol.number)))
         for letter, vol in sorted(volume_letters(self.image).items()):
             key = len(views) + 1
+            if key >= MAX_VIEWS:
+                self.image.note(f"more than {MAX_VIEWS - 1} volumes: letter {letter}: not shown")
+                break
             views[key] = _View(key, f"letters/{letter}", vol)
             self._link(letters, self._add((key << VIEW_SHIFT) | NTFS_ROOT, letter))
         self._views = views
+
+    def close(self) -> None:
+        """Close the image (for a vSphere VM: release its snapshot)."""
+        self.image.close()
+
+    def hold(self, ino: int) -> object:
+        """An open file or directory: nothing to count in a single VM's tree."""
+        return None
+
+    def unhold(self, token: object) -> None:
+        pass
 
     def _view(self, ino: int) -> tuple[_View, int] | None:
         key = ino >> VIEW_SHIFT

@@ -14,7 +14,7 @@ from vcbfs.errors import NotFoundError
 from vcbfs.vm.image import Disk, VmImage
 from vcbfs.vm.vmx import parse_vmx, vmx_disks
 
-__all__ = ["open_local_vm"]
+__all__ = ["disk_name", "open_local_vm"]
 
 MAX_SMALL_FILE = 16 << 20
 
@@ -27,7 +27,7 @@ def _read_small(path: Path) -> bytes:
         raise NotFoundError("no such file", source=str(path)) from None
 
 
-def _disk_name(filename: str, taken: set[str]) -> str:
+def disk_name(filename: str, taken: set[str]) -> str:
     """The fullvm/ base name of a disk: its file name without .vmdk, made unique."""
     stem = os.path.basename(filename)
     for suffix in (".vmdk", ".img", ".raw"):
@@ -59,11 +59,11 @@ def open_local_vm(path: str | os.PathLike[str]) -> VmImage:
             for d in vmx_disks(config):
                 disk = open_disk(LocalLocation(path.parent / d.filename))
                 opened.append(disk)
-                disks.append(Disk(len(disks), _disk_name(d.filename, taken), d.device, disk))
+                disks.append(Disk(len(disks), disk_name(d.filename, taken), d.device, disk))
             return VmImage(name, disks, files)
         disk = open_disk(LocalLocation(path))
         opened.append(disk)
-        return VmImage(path.stem, [Disk(0, _disk_name(path.name, set()), None, disk)])
+        return VmImage(path.stem, [Disk(0, disk_name(path.name, set()), None, disk)])
     except BaseException:
         for disk in opened:
             disk.close()

@@ -1,0 +1,168 @@
+"""A folder of VMs opened on first use and released when idle: the model, then a real mount."""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.fs.test_mount import vcbfs
+from tests.fs.vmfixture import SYS_FILES, TestVm
+from vcbfs.errors import VcbfsError
+from vcbfs.fs.automount import EPOCH_SHIFT, BusyError, StaleError, VmFolder
+from vcbfs.fs.tree import ROOT_INO
+from vcbfs.vm.image import VmImage
+from vcbfs.vm.local import open_local_vm
+from vcbfs.vm.provider import VmEntry, VmProvider
+
+
+class CountingProvider(VmProvider):
+    """Two VMs over the test VM's files; counts opens and closes like snapshots taken/released."""
+
+    def __init__(self, vmx: Path, delay: float = 0.0) -> None:
+        self.vmx = vmx
+        self.delay = delay
+        self.opened: list[str] = []
+        self.closed: list[str] = []
+        self.lock = threading.Lock()
+
+    def list(self) -> list[VmEntry]:
+        return [VmEntry("vm-1", "alpha"), VmEntry("vm-2", "beta/slash")]
+
+    def open(self, key: str) -> VmImage:
+        with self.lock:
+            self.opened.append(key)
+        time.sleep(self.delay)  # a snapshot takes a while: concurrent callers must wait
+        image = open_local_vm(self.vmx)
+        inner = image.close
+
+        def close() -> None:
+            inner()
+            with self.lock:
+                self.closed.append(key)
+
+        image.close = close  # type: ignore[method-assign]
+        return image
+
+
+@pytest.fixture
+def folder(test_vm: TestVm) -> Iterator[tuple[VmFolder, CountingProvider]]:
+    provider = CountingProvider(test_vm.vmx, delay=0.2)
+    f = VmFolder(provider, idle=30.0)
+    try:
+        yield f, provider
+    finally:
+        f.close()
+
+
+def test_listing_takes_nothing(folder: tuple[VmFolder, CountingProvider]) -> None:
+    f, provider = folder
+    names = [name for name, _ in f.readdir(ROOT_INO)]
+    assert names == ["alpha", "beta%2fslash"]
+    for name in names:
+        attr = f.lookup(ROOT_INO, name)
+        assert f.getattr(attr.ino).ino == attr.ino
+    assert provider.opened == []
+
+
+def test_concurrent_first_lookups_open_once(folder: tuple[VmFolder, CountingProvider]) -> None:
+    f, provider = folder
+    vm_ino = f.lookup(ROOT_INO, "alpha").ino
+    results: list[int] = []
+    errors: list[BaseException] = []
+
+    def reader() -> None:
+        try:
+            results.append(f.lookup(vm_ino, "letters").ino)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reader) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert provider.opened == ["vm-1"]
+    assert len(set(results)) == 1 and results[0] >> EPOCH_SHIFT
+
+
+def _file(f: VmFolder, vm: str, *path: str) -> int:
+    ino = f.lookup(ROOT_INO, vm).ino
+    for part in path:
+        ino = f.lookup(ino, part).ino
+    return ino
+
+
+def test_idle_release_and_a_new_epoch(folder: tuple[VmFolder, CountingProvider]) -> None:
+    f, provider = folder
+    ino = _file(f, "alpha", "letters", "C", "boot.ini")
+    assert f.open(ino).read_at(0, 100) == SYS_FILES["boot.ini"]
+    held = f.hold(ino)
+    assert f.expire(time.monotonic() + 3600) == []  # an open file keeps it
+    with pytest.raises(BusyError):
+        f.release("alpha")
+    f.unhold(held)
+    assert f.expire(time.monotonic() + 1) == []  # not idle long enough yet
+    assert f.expire(time.monotonic() + 3600) == ["alpha"]
+    assert provider.closed == ["vm-1"]
+    with pytest.raises(StaleError) as caught:
+        f.getattr(ino)
+    assert caught.value.errno == errno.ESTALE
+    again = _file(f, "alpha", "letters", "C", "boot.ini")  # a new snapshot, a new epoch
+    assert provider.opened == ["vm-1", "vm-1"]
+    assert again != ino and again & ((1 << EPOCH_SHIFT) - 1) == ino & ((1 << EPOCH_SHIFT) - 1)
+
+
+def test_release_and_close(folder: tuple[VmFolder, CountingProvider]) -> None:
+    f, provider = folder
+    assert f.release("alpha") is False  # never opened
+    _file(f, "alpha", "digits")
+    _file(f, "beta%2fslash", "digits")
+    assert f.release("alpha") is True
+    assert provider.closed == ["vm-1"]
+    with pytest.raises(VcbfsError):
+        f.release("nonesuch")
+    f.close()
+    assert sorted(provider.closed) == ["vm-1", "vm-2"]
+
+
+# -- a real automount of a folder of VMs -------------------------------------------------------
+
+
+@pytest.fixture
+def automount(test_vm: TestVm, tmp_path: Path) -> Iterator[Path]:
+    mnt = tmp_path / "vms"
+    mnt.mkdir()
+    vcbfs("mount", "--automount", "-o", "idle=1", str(test_vm.vmx.parent), str(mnt))
+    try:
+        yield mnt
+    finally:
+        if os.path.ismount(mnt):
+            vcbfs("umount", str(mnt))
+
+
+def test_automount_folder(automount: Path, test_vm: TestVm) -> None:
+    name = test_vm.vmx.stem
+    assert os.listdir(automount) == [name]
+    vm = automount / name
+    assert (vm / "letters/C/boot.ini").read_bytes() == SYS_FILES["boot.ini"]
+    with (vm / "letters/C/boot.ini").open("rb"):
+        busy = vcbfs("release", str(vm), check=False)
+        assert busy.returncode == 1 and "open" in busy.stderr
+    assert "released" in vcbfs("release", str(vm)).stdout
+    assert "was not in use" in vcbfs("release", str(vm)).stdout
+    assert sorted(os.listdir(vm)) == ["digits", "fullvm", "letters"]  # opened again
+    time.sleep(3)  # idle=1: the expiry task releases it
+    assert "was not in use" in vcbfs("release", str(vm)).stdout
+    assert (vm / "letters/C/boot.ini").read_bytes() == SYS_FILES["boot.ini"]
+
+
+def test_release_needs_an_automount(tmp_path: Path) -> None:
+    done = vcbfs("release", str(tmp_path / "vm"), check=False)
+    assert done.returncode == 1 and "not a vcbfs automount" in done.stderr

@@ -1,0 +1,1 @@
+"""vSphere: sessions, inventory, snapshots, datastore access and the vSphere VM provider."""

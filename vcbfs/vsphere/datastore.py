@@ -1,0 +1,140 @@
+"""Datastore files as Locations: ``[ds] dir/file.vmdk`` → a local path or an HTTPS URL.
+
+Like VCB's transports, the ways to reach a datastore are tried in the order the user gives:
+``local`` reads a datastore mounted on the proxy (SAN or NFS: ``--datastore-path DS=/mnt/ds``),
+``https`` reads through vCenter/ESXi's ``/folder`` file interface with the session's cookie.
+Either way the file opens behind the shared block cache, and a VMDK's parent (which
+descriptors often name by an absolute ``/vmfs/volumes/...`` path) is looked up beside it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from pyVmomi import vim
+
+from vcbfs.blocks.cache import CachedLocation
+from vcbfs.blocks.http import HttpLocation, HttpOptions, HttpSession
+from vcbfs.blocks.local import LocalLocation
+from vcbfs.blocks.source import Location
+from vcbfs.errors import NotFoundError, UnsupportedError
+from vcbfs.vsphere.session import Session
+
+__all__ = ["Datastores", "parse_ds_path"]
+
+log = logging.getLogger(__name__)
+_DS_PATH = re.compile(r"^\[([^\]]+)\]\s*(.*)$")
+MAX_SMALL = 16 << 20
+
+
+def parse_ds_path(text: str) -> tuple[str, str]:
+    """``"[ds1] vm/vm.vmdk"`` → ``("ds1", "vm/vm.vmdk")``."""
+    m = _DS_PATH.match(text.strip())
+    if not m:
+        raise NotFoundError(f"not a datastore path: {text!r}")
+    return m[1], m[2].lstrip("/")
+
+
+class _DatastoreFile(LocalLocation):
+    """A file on a locally mounted datastore; absolute VMFS parent paths map to its folder."""
+
+    def sibling(self, name: str) -> Location:
+        if name.startswith("/") and not os.path.exists(name):
+            name = name.rsplit("/", 1)[-1]
+        return _DatastoreFile(os.path.join(os.path.dirname(self.path), name))
+
+
+class Datastores:
+    """How this proxy reaches each datastore, and the datacenter each one belongs to."""
+
+    def __init__(
+        self,
+        session: Session,
+        *,
+        local: Sequence[tuple[str, str]] = (),
+        transports: Sequence[str] = ("local", "https"),
+    ) -> None:
+        self.session = session
+        self.local = list(local)
+        self.transports = list(transports)
+        self._dc: dict[str, str] | None = None
+        options = HttpOptions(
+            verify=not session.insecure,
+            ca_file=session.ca_file,
+            thumbprint=session.thumbprint,
+            cookie=session.cookie(),
+        )
+        self.http = HttpSession(options, renew_cookie=session.fresh_cookie)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def _datacenters(self) -> dict[str, str]:
+        """Datastore name → the inventory path of its datacenter (``dcPath``)."""
+        if self._dc is None:
+            names: dict[Any, tuple[str, Any]] = {}
+            for obj, v in self.session.retrieve(vim.ManagedEntity, ["name", "parent"]):
+                names[obj] = (str(v.get("name", "")), v.get("parent"))
+            found: dict[str, str] = {}
+            for obj, v in self.session.retrieve(vim.Datacenter, ["name", "datastore"]):
+                parts, node = [], obj
+                for _ in range(64):  # the datacenter's folders, up to the root folder
+                    name, parent = names.get(node, ("", None))
+                    if parent is None:
+                        break
+                    parts.append(name)
+                    node = parent
+                dc_path = "/".join(reversed(parts)) or str(v.get("name", ""))
+                for ds in v.get("datastore") or ():
+                    ds_name = names.get(ds, ("", None))[0]
+                    if ds_name:
+                        found.setdefault(ds_name, dc_path)
+            self._dc = found
+        return self._dc
+
+    def location(self, ds_path: str) -> Location:
+        """The file at ``[ds] path`` through the first transport that can reach it."""
+        ds, path = parse_ds_path(ds_path)
+        tried = []
+        for transport in self.transports:
+            if transport == "local":
+                for name, root in self.local:
+                    if name == ds:
+                        candidate = Path(root) / path
+                        if candidate.is_file():
+                            return CachedLocation(_DatastoreFile(candidate))
+                        tried.append(f"local: {candidate} not found")
+            elif transport == "https":
+                dc = self._datacenters().get(ds)
+                if dc is None:
+                    tried.append(f"https: datastore {ds!r} not in any datacenter")
+                    continue
+                host = self.session.host
+                netloc = f"[{host}]" if ":" in host else host
+                if self.session.port != 443:
+                    netloc += f":{self.session.port}"
+                url = (
+                    f"https://{netloc}/folder/{quote(path)}"
+                    f"?dcPath={quote(dc, safe='')}&dsName={quote(ds, safe='')}"
+                )
+                return CachedLocation(HttpLocation(self.http, url))
+        raise UnsupportedError(
+            f"no transport reaches this file ({'; '.join(tried) or 'none configured'})",
+            source=ds_path,
+        )
+
+    def read_small(self, ds_path: str) -> bytes:
+        """A whole small file (a .vmx, an .nvram)."""
+        source = self.location(ds_path).open()
+        try:
+            if source.size > MAX_SMALL:
+                raise UnsupportedError(f"{source.size} bytes is too big", source=ds_path)
+            return source.read_at(0, source.size)
+        finally:
+            source.close()

@@ -1,0 +1,367 @@
+"""Backup snapshots: taken safely, released always, never leaked, never someone else's.
+
+Every snapshot vcbfs takes is
+
+- **journaled**: an entry naming the VM, the snapshot's unique name and the owning process is
+  written (and fsynced) in the state directory *before* the snapshot is requested, and removed
+  only after the snapshot is gone, so a crash at any point leaves a trace;
+- **tagged**: its name is ``vcbfs-backup <proxy> <id>`` and its description says who took it,
+  so even with a lost journal vcbfs can tell its own snapshots from a user's.
+
+``cleanup`` releases what a journal entry of a dead process names, and snapshots tagged by this
+proxy that no live process owns.  It never touches a snapshot without vcbfs's tag, another
+proxy's, or one a running mount holds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from pyVmomi import vim, vmodl
+
+from vcbfs.errors import VsphereError
+from vcbfs.vsphere.inventory import VmInfo
+from vcbfs.vsphere.session import Session, fault_text
+from vcbfs.vsphere.tasks import TaskError, wait_task
+
+__all__ = ["Journal", "JournalEntry", "QuiesceError", "Snapshot", "cleanup", "release", "take"]
+
+log = logging.getLogger(__name__)
+
+PREFIX = "vcbfs-backup"
+NAME_RE = re.compile(rf"^{PREFIX} (\S+) ([0-9a-f]{{32}})$")
+CREATE_TIMEOUT = 3600.0
+REMOVE_TIMEOUT = 6 * 3600.0  # consolidating a big delta takes long
+MAX_TREE = 10_000
+
+
+class QuiesceError(VsphereError):
+    """The guest could not be quiesced (VMware Tools, VSS); the message names the VM."""
+
+
+def proxy_name() -> str:
+    """This proxy's name in snapshot tags: the host name, without spaces."""
+    return re.sub(r"\s+", "_", socket.gethostname()) or "proxy"
+
+
+# -- the journal -------------------------------------------------------------------------------
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _start_time(pid: int) -> str:
+    """A process's start time in clock ticks since boot: with the PID, who it is."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat.rsplit(")", 1)[-1].split()[19]
+
+
+@dataclass
+class JournalEntry:
+    id: str
+    proxy: str
+    server: str  # the vCenter/ESXi host the snapshot was taken through
+    vm_moref: str
+    vm_uuid: str
+    vm_name: str
+    snapshot_name: str
+    snapshot_moref: str = ""  # known once the snapshot exists
+    pid: int = 0
+    started: str = ""  # the owner's start time, so a reused PID is not taken for it
+    boot: str = ""
+    created: float = 0.0
+
+    def alive(self) -> bool:
+        """Whether the process that took the snapshot is still running (and may hold it)."""
+        return (
+            self.pid > 0
+            and self.boot == _boot_id()
+            and bool(self.started)
+            and _start_time(self.pid) == self.started
+        )
+
+
+class Journal:
+    """One JSON file per snapshot in ``<state dir>/journal``; written durably, removed last."""
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.dir = Path(directory)
+
+    def _path(self, entry_id: str) -> Path:
+        return self.dir / f"{entry_id}.json"
+
+    def write(self, entry: JournalEntry) -> None:
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            tmp = self.dir / f".{entry.id}.tmp"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                json.dump(asdict(entry), f, indent=1)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self._path(entry.id))
+            dfd = os.open(self.dir, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        except OSError as exc:
+            raise VsphereError(
+                f"cannot write the snapshot journal (no snapshot was taken): {exc}",
+                source=str(self.dir),
+            ) from None
+
+    def remove(self, entry_id: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._path(entry_id).unlink()
+
+    def entries(self) -> list[JournalEntry]:
+        out = []
+        if not self.dir.is_dir():
+            return out
+        for path in sorted(self.dir.glob("*.json")):
+            try:
+                out.append(JournalEntry(**json.loads(path.read_text())))
+            except (OSError, ValueError, TypeError) as exc:
+                log.warning("%s: unreadable journal entry left alone: %s", path, exc)
+        return out
+
+
+# -- taking and releasing ----------------------------------------------------------------------
+
+
+@dataclass
+class Snapshot:
+    """A snapshot vcbfs took and must release."""
+
+    ref: Any  # vim.vm.Snapshot
+    vm: VmInfo
+    entry: JournalEntry
+
+    @property
+    def moref(self) -> str:
+        return str(self.ref._moId)
+
+
+def _walk(trees: Any) -> Iterator[Any]:
+    stack = list(trees or ())
+    for _ in range(MAX_TREE):
+        if not stack:
+            return
+        node = stack.pop()
+        yield node
+        stack.extend(node.childSnapshotList or ())
+
+
+def snapshot_list(session: Session, vm_ref: Any) -> list[Any]:
+    """Every snapshot of a VM as VirtualMachineSnapshotTree nodes (no children lists needed)."""
+    values = session.properties(vm_ref, ["snapshot"])
+    info = values.get("snapshot")
+    return list(_walk(info.rootSnapshotList)) if info is not None else []
+
+
+def take(session: Session, vm: VmInfo, journal: Journal, *, quiesce: bool = True) -> Snapshot:
+    """A tagged, journaled snapshot of ``vm`` (memory off; quiesced unless told not to)."""
+    entry_id = uuid.uuid4().hex
+    proxy = proxy_name()
+    pid = os.getpid()
+    entry = JournalEntry(
+        id=entry_id,
+        proxy=proxy,
+        server=session.host,
+        vm_moref=vm.moref,
+        vm_uuid=vm.uuid,
+        vm_name=vm.name,
+        snapshot_name=f"{PREFIX} {proxy} {entry_id}",
+        pid=pid,
+        started=_start_time(pid),
+        boot=_boot_id(),
+        created=time.time(),
+    )
+    journal.write(entry)  # before the request: a crash from here on leaves a trace
+    description = (
+        f"Taken by vcbfs on backup proxy {proxy} (id {entry_id}, pid {pid}) for a file-level "
+        "backup; vcbfs removes it when the backup ends. Do not revert to it."
+    )
+    what = f"snapshot of VM {vm.name!r} ({vm.moref})"
+    try:
+        task = session.call(
+            vm.ref.CreateSnapshot_Task,
+            name=entry.snapshot_name,
+            description=description,
+            memory=False,
+            quiesce=quiesce,
+        )
+        ref = wait_task(session, task, what=what, timeout=CREATE_TIMEOUT)
+    except (TaskError, vmodl.MethodFault) as exc:
+        _forget_failed(session, vm, entry, journal)
+        fault = exc.fault if isinstance(exc, TaskError) else exc
+        if quiesce and _is_quiesce_fault(fault):
+            raise QuiesceError(
+                f"cannot quiesce VM {vm.name!r} ({vm.moref}) for a snapshot: "
+                f"{fault_text(fault)}; fix VMware Tools/VSS in the guest, or take a "
+                "crash-consistent snapshot with --no-quiesce",
+                source=session.host,
+            ) from None
+        if isinstance(exc, TaskError):
+            raise
+        raise VsphereError(f"{what}: {fault_text(exc)}", source=session.host) from None
+    entry.snapshot_moref = str(ref._moId)
+    journal.write(entry)
+    log.info("took %s of %s", entry.snapshot_name, vm.name)
+    return Snapshot(ref, vm, entry)
+
+
+def _is_quiesce_fault(fault: Any) -> bool:
+    if isinstance(fault, vim.fault.ApplicationQuiesceFault | vim.fault.GuestOperationsFault):
+        return True
+    return "quiesc" in fault_text(fault).lower() if fault is not None else False
+
+
+def _forget_failed(session: Session, vm: VmInfo, entry: JournalEntry, journal: Journal) -> None:
+    """After a failed create: remove a half-made snapshot of ours, if any, then the entry."""
+    try:
+        for node in snapshot_list(session, vm.ref):
+            if node.name == entry.snapshot_name:
+                _remove(session, node.snapshot, vm.name)
+    except VsphereError as exc:
+        log.warning("a failed snapshot of %s may remain: %s (vcbfs cleanup retries)", vm.name, exc)
+        return
+    journal.remove(entry.id)
+
+
+def _remove(session: Session, ref: Any, vm_name: str) -> None:
+    try:
+        task = session.call(ref.RemoveSnapshot_Task, removeChildren=False, consolidate=True)
+        wait_task(
+            session, task, what=f"removing snapshot of VM {vm_name!r}", timeout=REMOVE_TIMEOUT
+        )
+    except vmodl.fault.ManagedObjectNotFound:
+        return  # already gone: what we wanted
+    except vmodl.MethodFault as exc:
+        raise VsphereError(
+            f"removing snapshot of VM {vm_name!r}: {fault_text(exc)}", source=session.host
+        ) from None
+
+
+def consolidation_needed(session: Session, vm_ref: Any) -> bool:
+    try:
+        return bool(
+            session.properties(vm_ref, ["runtime.consolidationNeeded"]).get(
+                "runtime.consolidationNeeded"
+            )
+        )
+    except vmodl.MethodFault:
+        return False
+
+
+def release(session: Session, snap: Snapshot, journal: Journal) -> list[str]:
+    """Remove the snapshot, then its journal entry; warnings for the administrator."""
+    _remove(session, snap.ref, snap.vm.name)
+    journal.remove(snap.entry.id)
+    log.info("released %s of %s", snap.entry.snapshot_name, snap.vm.name)
+    if consolidation_needed(session, snap.vm.ref):
+        msg = (
+            f"VM {snap.vm.name!r} ({snap.vm.moref}) needs disk consolidation after its snapshot "
+            "was removed: consolidate it in vSphere"
+        )
+        log.warning("%s", msg)
+        return [msg]
+    return []
+
+
+# -- cleanup after a crash ---------------------------------------------------------------------
+
+
+@dataclass
+class Action:
+    """One thing cleanup did (or, in a dry run, would do)."""
+
+    vm: str
+    snapshot: str
+    why: str
+    done: bool = False
+    error: str = ""
+
+    def __str__(self) -> str:
+        state = (
+            "error: " + self.error if self.error else ("released" if self.done else "would release")
+        )
+        return f"{self.vm}: {self.snapshot}: {state} ({self.why})"
+
+
+def cleanup(session: Session, journal: Journal, *, dry_run: bool = False) -> list[Action]:
+    """Release the snapshots vcbfs took here and nobody holds; keep everything else."""
+    proxy = proxy_name()
+    live = set()
+    stale: dict[str, JournalEntry] = {}
+    for entry in journal.entries():
+        if entry.alive():
+            live.add(entry.snapshot_name)
+        elif entry.server == session.host:
+            stale[entry.snapshot_name] = entry
+    actions: list[Action] = []
+    vms = {
+        obj._moId: (obj, v) for obj, v in session.retrieve(vim.VirtualMachine, ["name", "snapshot"])
+    }
+    found: set[str] = set()
+    for moref, (ref, values) in vms.items():
+        info = values.get("snapshot")
+        if info is None:
+            continue
+        name = str(values.get("name", moref))
+        for node in _walk(info.rootSnapshotList):
+            m = NAME_RE.match(node.name or "")
+            if not m or m[1] != proxy or node.name in live:
+                continue  # not ours, another proxy's, or held by a running vcbfs
+            if m[2] not in (node.description or ""):
+                continue  # the name alone could be a user's copy: the id must be in both
+            found.add(node.name)
+            entry = stale.get(node.name)
+            why = "its vcbfs process is gone" if entry else "tagged by this proxy, no journal entry"
+            action = Action(f"{name} ({moref})", node.name, why)
+            actions.append(action)
+            if dry_run:
+                continue
+            try:
+                _remove(session, node.snapshot, name)
+                action.done = True
+                if entry:
+                    journal.remove(entry.id)
+                if consolidation_needed(session, ref):
+                    action.why += "; the VM needs disk consolidation"
+            except VsphereError as exc:
+                action.error = str(exc)
+    for snap_name, entry in stale.items():
+        if snap_name in found:
+            continue
+        # The snapshot is gone (or was never made): the entry only needs removing.
+        actions.append(
+            Action(
+                f"{entry.vm_name} ({entry.vm_moref})",
+                snap_name,
+                "snapshot already gone; journal entry removed",
+                done=not dry_run,
+            )
+        )
+        if not dry_run:
+            journal.remove(entry.id)
+    return actions
