@@ -82,12 +82,12 @@ def serve(
         async def main() -> None:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_watch_signals, nursery.cancel_scope)
-                nursery.start_soon(_when_serving, mountpoint, ready)
                 if isinstance(tree, VmFolder):
+                    if control is not None:  # before anything waits on the mount
+                        await nursery.start(_serve_control, tree, control)
                     if tree.idle is not None:
                         nursery.start_soon(_expire_idle, tree)
-                    if control is not None:
-                        await nursery.start(_serve_control, tree, control)
+                nursery.start_soon(_when_serving, mountpoint, ready)
                 await pyfuse3.main()
                 nursery.cancel_scope.cancel()
 
@@ -107,7 +107,8 @@ def serve(
 
 
 async def _when_serving(mountpoint: str, ready: Callable[[], None] | None) -> None:
-    await trio.to_thread.run_sync(raise_readahead, mountpoint)  # a stat: answered by main()
+    # A stat of the mount point, answered by main(); abandoned if main() never runs.
+    await trio.to_thread.run_sync(raise_readahead, mountpoint, abandon_on_cancel=True)
     if ready is not None:
         ready()
 
@@ -130,6 +131,7 @@ async def _serve_control(
     folder: VmFolder, path: str, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
 ) -> None:
     """A private Unix socket taking one JSON request per connection: ``{"release": VM}``."""
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
     sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)

@@ -1,0 +1,361 @@
+"""vcbfs against vcsim, end to end: find VMs, mount through a snapshot, never leak one."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.fs.vmfixture import SYS_FILES
+from tests.vsphere.conftest import DEMO_HOSTNAME, DEMO_IP, DEMO_VM, VsphereVm
+from tests.vsphere.simulator import (
+    QUIESCE_FAULT_KEY,
+    Vcsim,
+    add_vm,
+    create_snapshot,
+    list_snapshots,
+)
+
+pytestmark = pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="no /dev/fuse")
+PREFIX = "vcbfs-backup "
+
+
+@pytest.fixture
+def env(vcsim: Vcsim, tmp_path: Path) -> dict[str, str]:
+    """The environment a backup script would set: host, user, password file, pinned cert."""
+    pw = tmp_path / "password"
+    pw.write_text(f"{vcsim.password}\n")
+    pw.chmod(0o600)
+    return {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(tmp_path),
+        "VCBFS_HOST": vcsim.host,
+        "VCBFS_PORT": str(vcsim.port),
+        "VCBFS_USER": str(vcsim.username),
+        "VCBFS_PASSWORD_FILE": str(pw),
+        "VCBFS_THUMBPRINT": vcsim.thumbprint,
+        "VCBFS_STATE_DIR": str(tmp_path / "state"),
+        "VCBFS_RUN_DIR": str(tmp_path / "run"),
+        "VCBFS_CONFIG": str(_empty_config(tmp_path)),
+    }
+
+
+def _empty_config(tmp_path: Path) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text("# the tests' settings come from the environment\n")
+    return path
+
+
+def vcbfs(
+    env: dict[str, str], *args: str, check: bool = True, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(
+        [sys.executable, "-m", "vcbfs", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        timeout=timeout,
+        check=False,
+    )
+    if check and done.returncode:
+        raise AssertionError(f"vcbfs {' '.join(args)} failed: {done.stderr}")
+    return done
+
+
+def _ours(vcsim: Vcsim, moref: str) -> list[str]:
+    from tests.vsphere.simulator import managed
+
+    with vcsim.session() as si:
+        snaps = list_snapshots(si, managed(si, moref))
+    return [s.name for s in snaps if s.name.startswith(PREFIX)]
+
+
+def _all_snapshots(vcsim: Vcsim, moref: str) -> list[str]:
+    from tests.vsphere.simulator import managed
+
+    with vcsim.session() as si:
+        return [s.name for s in list_snapshots(si, managed(si, moref))]
+
+
+@pytest.fixture
+def mnt(tmp_path: Path, env: dict[str, str]) -> Iterator[Path]:
+    path = tmp_path / "mnt"
+    path.mkdir()
+    try:
+        yield path
+    finally:
+        if os.path.ismount(path):
+            vcbfs(env, "umount", str(path), check=False)
+
+
+# -- finding VMs -----------------------------------------------------------------------------
+
+
+def test_ls_and_specifiers(env: dict[str, str], vsphere_vm: VsphereVm) -> None:
+    vm = vsphere_vm.vm
+    every = json.loads(vcbfs(env, "ls", "--json").stdout)
+    assert DEMO_VM in [v["name"] for v in every] and len(every) > 1
+    for spec in (
+        f"name:{DEMO_VM}",
+        f"ipaddr:{DEMO_IP}",
+        f"ipaddr:{DEMO_HOSTNAME.upper()}",
+        f"uuid:{vm.uuid.upper()}",
+        f"uuid:{vm.instance_uuid}",
+        f"moref:{vm.moref}",
+    ):
+        found = json.loads(vcbfs(env, "ls", "-s", spec, "--json").stdout)
+        assert [v["moref"] for v in found] == [vm.moref], spec
+        assert found[0]["ipaddr"] == DEMO_IP and found[0]["power"] == "on"
+    assert json.loads(vcbfs(env, "ls", "-s", "none:", "--json").stdout) == []
+    on = json.loads(vcbfs(env, "ls", "-s", "powerstate:on", "--json").stdout)
+    assert vm.moref in [v["moref"] for v in on]
+    table = vcbfs(env, "ls", "-s", f"name:{DEMO_VM}").stdout
+    assert vm.moref in table and DEMO_IP in table
+    bad = vcbfs(env, "ls", "-s", "colour:red", check=False)
+    assert bad.returncode == 1 and "bad VM specifier" in bad.stderr
+
+
+def test_name_cache_finds_a_vm_by_its_last_ip(
+    env: dict[str, str], vcsim: Vcsim, vsphere_vm: VsphereVm
+) -> None:
+    vcbfs(env, "ls")  # sees the IP and remembers it
+    cache = json.loads((Path(env["VCBFS_STATE_DIR"]) / "vmnames.json").read_text())
+    assert DEMO_IP in cache["vms"][vsphere_vm.vm.moref]["ips"]
+
+
+# -- mounting through a snapshot ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["name", "ipaddr", "uuid", "moref"])
+def test_mount_by_specifier(
+    kind: str, env: dict[str, str], vcsim: Vcsim, vsphere_vm: VsphereVm, mnt: Path
+) -> None:
+    vm = vsphere_vm.vm
+    spec = {
+        "name": f"name:{DEMO_VM}",
+        "ipaddr": f"ipaddr:{DEMO_IP}",
+        "uuid": f"uuid:{vm.uuid}",
+        "moref": f"moref:{vm.moref}",
+    }[kind]
+    vcbfs(env, "mount", spec, str(mnt))
+    assert sorted(os.listdir(mnt)) == ["digits", "fullvm", "letters"]
+    assert sorted(os.listdir(mnt / "letters")) == ["C", "F"]
+    for rel, data in SYS_FILES.items():
+        assert (mnt / "letters/C" / rel).read_bytes() == data
+    fullvm = sorted(os.listdir(mnt / "fullvm"))
+    assert "catalog" in fullvm and any(n.endswith(".vmx") for n in fullvm)
+    assert len(_ours(vcsim, vm.moref)) == 1  # the snapshot exists while mounted
+    journal = Path(env["VCBFS_STATE_DIR"]) / "journal"
+    assert len(list(journal.glob("*.json"))) == 1
+    vcbfs(env, "umount", str(mnt))
+    assert _ours(vcsim, vm.moref) == []  # and is gone after unmount
+    assert list(journal.glob("*.json")) == []
+
+
+def test_data_volume_matches_the_fixture(
+    env: dict[str, str], vsphere_vm: VsphereVm, mnt: Path
+) -> None:
+    """The GPT data disk, read over the datastore HTTPS transport, against ntfs-3g's manifest."""
+    import hashlib
+
+    vcbfs(env, "mount", f"name:{DEMO_VM}", str(mnt))
+    entries = vsphere_vm.source.data.manifest["entries"]
+    checked = 0
+    for rel, entry in sorted(entries.items()):
+        if entry.get("type") != "file" or entry.get("size", 0) > 4 << 20:
+            continue
+        data = (mnt / "letters/F" / rel).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == entry["sha256"], rel
+        checked += 1
+        if checked >= 200:
+            break
+    assert checked > 20
+
+
+def test_local_datastore_path(
+    env: dict[str, str], vcsim: Vcsim, vsphere_vm: VsphereVm, mnt: Path
+) -> None:
+    """The SAN/NFS route: the datastore's directory read as a local path."""
+    ds = vsphere_vm.vm.datastore
+    path = vcsim.datastore_dir(ds)
+    vcbfs(
+        env,
+        "mount",
+        "--transport",
+        "local",
+        "--datastore-path",
+        f"{ds}={path}",
+        f"name:{DEMO_VM}",
+        str(mnt),
+    )
+    assert (mnt / "letters/C/boot.ini").read_bytes() == SYS_FILES["boot.ini"]
+
+
+# -- never leaked, never someone else's --------------------------------------------------------
+
+
+def test_kill_9_then_cleanup_removes_only_ours(
+    env: dict[str, str], vcsim: Vcsim, vsphere_vm: VsphereVm, mnt: Path
+) -> None:
+    with vcsim.session() as si:
+        vm = add_vm(vcsim, si, "crash-victim", [vsphere_vm.source.sys_vmdk], ip="10.0.0.77")
+        create_snapshot(si, vm.moref, "before patching", "the administrator's own snapshot")
+    vcbfs(env, "mount", "name:crash-victim", str(mnt))
+    assert len(_ours(vcsim, vm.moref)) == 1
+    pids = list((Path(env["VCBFS_RUN_DIR"])).glob("mount-*.pid"))
+    assert len(pids) == 1
+    os.kill(int(pids[0].read_text()), signal.SIGKILL)
+    time.sleep(0.5)
+    vcbfs(env, "umount", str(mnt))  # cleans the dead mount
+    assert len(_ours(vcsim, vm.moref)) == 1  # the crash leaked it ...
+    dry = vcbfs(env, "cleanup", "--dry-run").stdout
+    assert "would release" in dry and "crash-victim" in dry
+    assert len(_ours(vcsim, vm.moref)) == 1
+    done = vcbfs(env, "cleanup").stdout
+    assert "released" in done
+    assert _ours(vcsim, vm.moref) == []  # ... and cleanup released it
+    assert _all_snapshots(vcsim, vm.moref) == ["before patching"]
+    assert "nothing to release" in vcbfs(env, "cleanup").stdout
+
+
+def test_cleanup_leaves_a_running_mount_alone(
+    env: dict[str, str], vcsim: Vcsim, vsphere_vm: VsphereVm, mnt: Path
+) -> None:
+    vcbfs(env, "mount", f"name:{DEMO_VM}", str(mnt))
+    assert "nothing to release" in vcbfs(env, "cleanup").stdout
+    assert len(_ours(vcsim, vsphere_vm.vm.moref)) == 1
+    assert (mnt / "letters/C/boot.ini").read_bytes() == SYS_FILES["boot.ini"]
+
+
+def test_sigterm_releases(
+    env: dict[str, str], vcsim: Vcsim, vsphere_vm: VsphereVm, mnt: Path
+) -> None:
+    vcbfs(env, "mount", f"name:{DEMO_VM}", str(mnt))
+    pid = int(next(Path(env["VCBFS_RUN_DIR"]).glob("mount-*.pid")).read_text())
+    os.kill(pid, signal.SIGTERM)
+    for _ in range(200):
+        if not os.path.ismount(mnt) and not _ours(vcsim, vsphere_vm.vm.moref):
+            break
+        time.sleep(0.05)
+    assert not os.path.ismount(mnt)
+    assert _ours(vcsim, vsphere_vm.vm.moref) == []
+
+
+def test_quiesce_fault_is_a_clear_error(
+    env: dict[str, str], vcsim: Vcsim, vsphere_vm: VsphereVm, mnt: Path
+) -> None:
+    with vcsim.session() as si:
+        vm = add_vm(
+            vcsim,
+            si,
+            "no-vss",
+            [vsphere_vm.source.sys_vmdk],
+            extra={QUIESCE_FAULT_KEY: "true"},
+        )
+    failed = vcbfs(env, "mount", "name:no-vss", str(mnt), check=False)
+    assert failed.returncode == 1
+    assert "cannot quiesce VM 'no-vss'" in failed.stderr and "--no-quiesce" in failed.stderr
+    assert not os.path.ismount(mnt)
+    assert _all_snapshots(vcsim, vm.moref) == []
+    assert list((Path(env["VCBFS_STATE_DIR"]) / "journal").glob("*.json")) == []
+    vcbfs(env, "mount", "--no-quiesce", "name:no-vss", str(mnt))
+    assert (mnt / "letters/C/boot.ini").read_bytes() == SYS_FILES["boot.ini"]
+
+
+# -- trust and credentials ---------------------------------------------------------------------
+
+
+def test_bad_password(env: dict[str, str], tmp_path: Path, vsphere_vm: VsphereVm) -> None:
+    wrong = tmp_path / "wrong"
+    wrong.write_text("not-the-password\n")
+    wrong.chmod(0o600)
+    done = vcbfs({**env, "VCBFS_PASSWORD_FILE": str(wrong)}, "ls", check=False)
+    assert done.returncode == 1
+    assert "wrong user name or password" in done.stderr
+    assert "not-the-password" not in done.stderr
+
+
+def test_certificate_refused_unless_pinned(env: dict[str, str], vcsim: Vcsim) -> None:
+    unpinned = {k: v for k, v in env.items() if k != "VCBFS_THUMBPRINT"}
+    done = vcbfs(unpinned, "ls", check=False)
+    assert done.returncode == 1
+    assert "not trusted" in done.stderr and vcsim.thumbprint.upper() in done.stderr.upper()
+    assert vcbfs(unpinned, "ls", "--thumbprint", vcsim.thumbprint).returncode == 0
+    wrong = "00" * 32
+    done = vcbfs(unpinned, "ls", "--thumbprint", wrong, check=False)
+    assert done.returncode == 1 and "pinned" in done.stderr
+    insecure = vcbfs(unpinned, "ls", "--insecure")
+    assert "verification" in insecure.stderr and "off" in insecure.stderr
+
+
+# -- automount -----------------------------------------------------------------------------------
+
+
+def test_automount_one_snapshot_for_8_readers_released_when_idle(
+    env: dict[str, str], vcsim: Vcsim, vsphere_vm: VsphereVm, mnt: Path
+) -> None:
+    moref = vsphere_vm.vm.moref
+    vcbfs(env, "mount", "--automount", "-o", "idle=2", f"name:{DEMO_VM}", str(mnt))
+    assert os.listdir(mnt) == [DEMO_VM]
+    os.stat(mnt / DEMO_VM)
+    assert _ours(vcsim, moref) == []  # listing and stat take nothing
+    results: list[bytes] = []
+    errors: list[BaseException] = []
+    start = threading.Barrier(8)
+
+    def reader() -> None:
+        try:
+            start.wait()
+            results.append((mnt / DEMO_VM / "letters/C/boot.ini").read_bytes())
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reader) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and results == [SYS_FILES["boot.ini"]] * 8
+    assert len(_ours(vcsim, moref)) == 1  # one snapshot for all eight
+    for _ in range(100):  # idle=2: released within a few seconds
+        if not _ours(vcsim, moref):
+            break
+        time.sleep(0.1)
+    assert _ours(vcsim, moref) == []
+    assert (mnt / DEMO_VM / "letters/C/boot.ini").read_bytes() == SYS_FILES["boot.ini"]
+    assert len(_ours(vcsim, moref)) == 1  # used again: a new snapshot
+    assert "released" in vcbfs(env, "release", str(mnt / DEMO_VM)).stdout
+    assert _ours(vcsim, moref) == []
+
+
+def test_spec_naming_several_vms_mounts_a_folder(
+    env: dict[str, str], vcsim: Vcsim, vsphere_vm: VsphereVm, mnt: Path
+) -> None:
+    with vcsim.session() as si:
+        add_vm(vcsim, si, "twin-a", [vsphere_vm.source.sys_vmdk], ip="10.9.0.1")
+        add_vm(vcsim, si, "twin-b", [vsphere_vm.source.sys_vmdk], ip="10.9.0.2")
+    vcbfs(env, "mount", "ipaddr:10.9.0.1", str(mnt))  # one VM: its tree at the mount point
+    assert sorted(os.listdir(mnt)) == ["digits", "fullvm", "letters"]
+    vcbfs(env, "umount", str(mnt))
+    # A name matching two VMs would be ambiguous; powerstate:on takes every running VM.
+    vcbfs(env, "mount", "powerstate:on", str(mnt), timeout=300)
+    names = os.listdir(mnt)
+    assert {"twin-a", "twin-b", DEMO_VM} <= set(names)
+    assert (mnt / "twin-b/letters/C/boot.ini").read_bytes() == SYS_FILES["boot.ini"]
+    vcbfs(env, "umount", str(mnt))
+    with vcsim.session() as si:
+        from pyVmomi import vim
+
+        from tests.vsphere.simulator import find_all
+
+        morefs = list(find_all(si, vim.VirtualMachine, ["name"]))
+    assert all(_ours(vcsim, m) == [] for m in morefs)

@@ -1,0 +1,286 @@
+package main
+
+import (
+	"bytes"
+	"encoding/xml"
+	"fmt"
+	"io"
+	"net/http"
+	"path"
+	"reflect"
+	"regexp"
+	"strings"
+	"sync"
+
+	"github.com/vmware/govmomi/simulator"
+	"github.com/vmware/govmomi/vim25/methods"
+	"github.com/vmware/govmomi/vim25/mo"
+	"github.com/vmware/govmomi/vim25/soap"
+	"github.com/vmware/govmomi/vim25/types"
+)
+
+// QuiesceFaultKey in a VM's extraConfig, set to "true", makes quiesced snapshots of it fail.
+const QuiesceFaultKey = "vcbfs.test.quiesceFault"
+
+// quiesceFaultType is the moref type that quiesced CreateSnapshot_Task calls on such VMs are
+// redirected to. The simulator dispatches a call to whatever object the Map holds under the
+// call's _this, and its own code type-asserts VMs as *simulator.VirtualMachine, so a wrapper VM
+// in the Map would break snapshot removal; a separate object under a separate key does not.
+const quiesceFaultType = "VcbfsQuiesceFault"
+
+const quiesceFaultMessage = "An error occurred while saving the snapshot: " +
+	"Failed to quiesce the virtual machine."
+
+// installHooks wraps the server's handler and registers the layoutEx repair. It runs before the
+// URL is printed, so no client can have connected yet.
+func installHooks(server *simulator.Server) {
+	server.Config.Handler = quiesceHook{next: server.Config.Handler}
+	repair := &layoutRepair{
+		self:  types.ManagedObjectReference{Type: "VcbfsLayoutRepair", Value: "vcbfs-layout-repair"},
+		vmsn:  map[types.ManagedObjectReference]string{},
+		owner: map[types.ManagedObjectReference]types.ManagedObjectReference{},
+	}
+	simulator.Map.AddHandler(repair)
+}
+
+// quiesceHook redirects quiesced CreateSnapshot_Task calls on VMs with the fault key to a
+// quiesceFaulter; everything else (sessions, delays, faults, the envelope) stays the simulator's.
+type quiesceHook struct {
+	next http.Handler
+}
+
+func (h quiesceHook) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method == http.MethodPost {
+		body, err := io.ReadAll(r.Body)
+		_ = r.Body.Close()
+		if err != nil {
+			w.WriteHeader(http.StatusBadRequest)
+			return
+		}
+		body = redirectQuiescedSnapshot(body)
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		r.ContentLength = int64(len(body))
+	}
+	h.next.ServeHTTP(w, r)
+}
+
+type snapshotEnvelope struct {
+	Body struct {
+		Request *struct {
+			This struct {
+				Type  string `xml:"type,attr"`
+				Value string `xml:",chardata"`
+			} `xml:"_this"`
+			Quiesce bool `xml:"quiesce"`
+		} `xml:"CreateSnapshot_Task"`
+	} `xml:"Body"`
+}
+
+var thisElement = regexp.MustCompile(`<(?:[\w.-]+:)?_this\b[^>]*>[^<]*</(?:[\w.-]+:)?_this>`)
+
+func redirectQuiescedSnapshot(body []byte) []byte {
+	if !bytes.Contains(body, []byte("CreateSnapshot_Task")) {
+		return body
+	}
+	var env snapshotEnvelope
+	if xml.Unmarshal(body, &env) != nil || env.Body.Request == nil || !env.Body.Request.Quiesce {
+		return body
+	}
+	this := env.Body.Request.This
+	vmRef := types.ManagedObjectReference{Type: this.Type, Value: strings.TrimSpace(this.Value)}
+	if vmRef.Type != "VirtualMachine" || !wantsQuiesceFault(vmRef) {
+		return body
+	}
+	target := types.ManagedObjectReference{Type: quiesceFaultType, Value: vmRef.Value}
+	if simulator.Map.Get(target) == nil {
+		simulator.Map.Put(&quiesceFaulter{ExtensibleManagedObject: mo.ExtensibleManagedObject{Self: target}})
+	}
+	replacement := fmt.Sprintf(`<_this type="%s">%s</_this>`, quiesceFaultType, xmlEscape(vmRef.Value))
+	done := false
+	return thisElement.ReplaceAllFunc(body, func(old []byte) []byte {
+		if done {
+			return old
+		}
+		done = true
+		return []byte(replacement)
+	})
+}
+
+func xmlEscape(s string) string {
+	var b strings.Builder
+	_ = xml.EscapeText(&b, []byte(s))
+	return b.String()
+}
+
+// wantsQuiesceFault reads the VM's extraConfig now, so tests can set or change the key at any time.
+func wantsQuiesceFault(ref types.ManagedObjectReference) bool {
+	vm, ok := simulator.Map.Get(ref).(*simulator.VirtualMachine)
+	if !ok {
+		return false
+	}
+	want := false
+	simulator.Map.WithLock(vm, func() {
+		if vm.Config == nil {
+			return
+		}
+		for _, opt := range vm.Config.ExtraConfig { // the simulator appends, so the last one wins
+			if o := opt.GetOptionValue(); o.Key == QuiesceFaultKey {
+				want = fmt.Sprint(o.Value) == "true"
+			}
+		}
+	})
+	return want
+}
+
+// quiesceFaulter answers CreateSnapshot_Task for one VM with a failed task, as vSphere does
+// when VMware Tools cannot quiesce the guest. The task's entity is the VM itself.
+type quiesceFaulter struct {
+	mo.ExtensibleManagedObject
+}
+
+func (q *quiesceFaulter) CreateSnapshotTask(req *types.CreateSnapshot_Task) soap.HasFault {
+	vm := types.ManagedObjectReference{Type: "VirtualMachine", Value: q.Self.Value}
+	fault := &types.ApplicationQuiesceFault{}
+	fault.FaultMessage = []types.LocalizableMessage{{
+		Key:     "msg.snapshot.quiesce.vmerr",
+		Message: quiesceFaultMessage,
+	}}
+	task := simulator.CreateTask(vm, "createSnapshot", func(*simulator.Task) (types.AnyType, types.BaseMethodFault) {
+		return nil, fault
+	})
+	ref := task.Run()
+	// Task.Run sets the localized message to the Go type name; vSphere shows a sentence.
+	simulator.Map.Update(task, []types.PropertyChange{{
+		Name: "info.error",
+		Val:  &types.LocalizedMethodFault{Fault: fault, LocalizedMessage: quiesceFaultMessage},
+	}})
+	return &methods.CreateSnapshot_TaskBody{Res: &types.CreateSnapshot_TaskResponse{Returnval: ref}}
+}
+
+// layoutRepair keeps snapshot removal from deleting the wrong file.
+//
+// The simulator's RefreshStorageInfo (run by CreateVM and every snapshot removal) rebuilds
+// layoutEx.file with new keys and without the VM's directory in the names, while
+// layoutEx.snapshot keeps the old dataKeys; the next snapshot removal then deletes whatever file
+// got that key: with four snapshots removed in the order 1, 4 it deletes the VM's disk.
+// After each VM update this handler puts the directory back into the names and points every
+// snapshot's dataKey at its own .vmsn file again (or at no file).
+type layoutRepair struct {
+	mu    sync.Mutex
+	self  types.ManagedObjectReference
+	vmsn  map[types.ManagedObjectReference]string // snapshot -> datastore path of its .vmsn
+	owner map[types.ManagedObjectReference]types.ManagedObjectReference
+}
+
+func (l *layoutRepair) Reference() types.ManagedObjectReference { return l.self }
+
+func (l *layoutRepair) PutObject(mo.Reference) {}
+
+// UpdateObject runs inside the simulator's Map.Update of any VM property, with the VM's lock
+// held: right after CreateVM (whose layout already lacks the directory), every snapshot
+// change, reconfiguration and power operation.
+func (l *layoutRepair) UpdateObject(obj mo.Reference, _ []types.PropertyChange) {
+	if vm, ok := obj.(*mo.VirtualMachine); ok {
+		l.repair(vm)
+	}
+}
+
+// RemoveObject covers RemoveAllSnapshots, which refreshes the layout between removals without a
+// Map.Update of the VM. (After RemoveSnapshot, UpdateObject has already repaired everything, so
+// this finds nothing to change.)
+func (l *layoutRepair) RemoveObject(ref types.ManagedObjectReference) {
+	if ref.Type != "VirtualMachineSnapshot" {
+		return
+	}
+	l.mu.Lock()
+	vmRef, ok := l.owner[ref]
+	delete(l.owner, ref)
+	delete(l.vmsn, ref)
+	l.mu.Unlock()
+	if !ok {
+		return
+	}
+	if vm, ok := simulator.Map.Get(vmRef).(*simulator.VirtualMachine); ok {
+		l.repair(&vm.VirtualMachine)
+	}
+}
+
+func (l *layoutRepair) repair(vm *mo.VirtualMachine) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if vm.Config == nil || vm.LayoutEx == nil {
+		return
+	}
+	var vmx dsPath
+	if !vmx.parse(vm.Config.Files.VmPathName) {
+		return
+	}
+	dir := path.Dir(vmx.path)
+
+	names := map[string]bool{}
+	for _, f := range vm.LayoutEx.File {
+		names[f.Name] = true
+	}
+	var files []types.VirtualMachineFileLayoutExFileInfo
+	for _, f := range vm.LayoutEx.File {
+		var p dsPath
+		if dir != "." && p.parse(f.Name) && p.datastore == vmx.datastore && !strings.Contains(p.path, "/") {
+			fixed := fmt.Sprintf("[%s] %s/%s", p.datastore, dir, p.path)
+			if names[fixed] {
+				continue // a correct entry exists (disk layouts add their own)
+			}
+			f.Name = fixed
+			names[fixed] = true
+		}
+		files = append(files, f)
+	}
+	keys := map[string]int32{}
+	nameOf := map[int32]string{}
+	for _, f := range files {
+		keys[f.Name] = f.Key
+		nameOf[f.Key] = f.Name
+	}
+
+	snapshots := append([]types.VirtualMachineFileLayoutExSnapshotLayout(nil), vm.LayoutEx.Snapshot...)
+	for i := range snapshots {
+		s := &snapshots[i]
+		name, known := l.vmsn[s.Key]
+		if !known {
+			// First sight, right after CreateSnapshot: the key is still right.
+			l.vmsn[s.Key] = nameOf[s.DataKey]
+			l.owner[s.Key] = vm.Self
+			continue
+		}
+		if k, ok := keys[name]; ok && name != "" {
+			s.DataKey = k
+		} else {
+			s.DataKey = -1 // matches no file
+		}
+	}
+
+	if !reflect.DeepEqual(files, vm.LayoutEx.File) {
+		vm.LayoutEx.File = files
+	}
+	if !reflect.DeepEqual(snapshots, vm.LayoutEx.Snapshot) {
+		vm.LayoutEx.Snapshot = snapshots
+	}
+}
+
+// dsPath is a datastore path, "[datastore] dir/file".
+type dsPath struct {
+	datastore string
+	path      string
+}
+
+func (p *dsPath) parse(s string) bool {
+	if !strings.HasPrefix(s, "[") {
+		return false
+	}
+	ds, rest, ok := strings.Cut(s[1:], "]")
+	if !ok {
+		return false
+	}
+	p.datastore = ds
+	p.path = strings.TrimSpace(rest)
+	return true
+}
