@@ -18,7 +18,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 
 from vcbfs.blocks.lru import LRU
-from vcbfs.blocks.source import ByteSource, Location, Span
+from vcbfs.blocks.source import Buffer, ByteSource, Location, Span
 
 __all__ = ["CachedLocation", "CachedSource"]
 
@@ -71,6 +71,24 @@ class CachedSource(ByteSource):
         data = b"".join(blocks)
         start = offset - first * bs
         return data[start : start + n]
+
+    def _try_read(self, offset: int, n: int) -> Buffer | None:
+        """The bytes if every block is cached; the stream table advances as ``_read``'s does."""
+        bs = self.block_size
+        if n >= self._blocks.capacity // 2:
+            return None
+        first, last = offset // bs, (offset + n - 1) // bs
+        blocks = []
+        for i in range(first, last + 1):
+            block = self._blocks.get(i)
+            if block is None:
+                return None
+            blocks.append(block)
+        self._window(first, last)
+        start = offset - first * bs
+        if len(blocks) == 1:
+            return memoryview(blocks[0])[start : start + n]
+        return b"".join(blocks)[start : start + n]
 
     def _window(self, first: int, last: int) -> int:
         """Readahead in blocks for a read of ``first..last``; updates the stream table."""

@@ -11,10 +11,12 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from vcbfs.blocks.source import ByteSource, Location, Span
+from vcbfs.blocks.source import Buffer, ByteSource, Location, Span
 from vcbfs.errors import AccessDeniedError, NotFoundError, ReadError
 
 __all__ = ["LocalLocation", "LocalSource", "open_local"]
+
+_RWF_NOWAIT = getattr(os, "RWF_NOWAIT", 0)
 
 
 def _os_error(exc: OSError, path: str) -> Exception:
@@ -41,6 +43,7 @@ class LocalSource(ByteSource):
         except BaseException:
             os.close(self._fd)
             raise
+        self._nowait = bool(_RWF_NOWAIT)  # cleared if the file system refuses RWF_NOWAIT
 
     def _read(self, offset: int, n: int) -> bytes:
         try:
@@ -58,6 +61,21 @@ class LocalSource(ByteSource):
             return b"".join(parts)
         except OSError as exc:
             raise ReadError(exc.strerror or str(exc), source=self.name, offset=offset) from None
+
+    def _try_read(self, offset: int, n: int) -> Buffer | None:
+        """The bytes if the page cache holds all of them (``preadv`` with ``RWF_NOWAIT``)."""
+        if not self._nowait:
+            return None
+        buf = bytearray(n)
+        try:
+            got = os.preadv(self._fd, (buf,), offset, _RWF_NOWAIT)
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                self._nowait = False  # not on this file system: always read in a thread
+            return None  # a real error is read_at's to report
+        return buf if got == n else None
 
     def spans(self, offset: int = 0, length: int | None = None) -> Iterator[Span]:
         start, end = self._clip(offset, length)

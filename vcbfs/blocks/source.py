@@ -16,10 +16,12 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
+from typing import TypeAlias
 
 from vcbfs.errors import CorruptError, OutOfRangeError
 
 __all__ = [
+    "Buffer",
     "ByteSource",
     "Location",
     "SliceSource",
@@ -27,7 +29,21 @@ __all__ = [
     "ZeroSource",
     "coalesce",
     "read_exact",
+    "zeros",
 ]
+
+#: What ``try_read_at`` answers with: any contiguous bytes-like object, so that zeros and
+#: slices can be views instead of copies.  ``read_at`` always returns ``bytes``.
+Buffer: TypeAlias = bytes | bytearray | memoryview
+
+ZERO_CHUNK = 1 << 20  # FUSE asks for at most 1 MiB (256 pages) at a time
+_ZEROS = bytes(ZERO_CHUNK)
+_ZERO_VIEW = memoryview(_ZEROS)
+
+
+def zeros(n: int) -> Buffer:
+    """``n`` zero bytes, without allocating when ``n`` is at most 1 MiB (a shared view)."""
+    return _ZERO_VIEW[:n] if n <= ZERO_CHUNK else bytes(n)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +81,25 @@ class ByteSource(ABC):
     @abstractmethod
     def _read(self, offset: int, n: int) -> bytes:
         """Exactly ``n`` bytes at ``offset``; the range is inside the source and not empty."""
+
+    def try_read_at(self, offset: int, n: int) -> Buffer | None:
+        """What ``read_at`` would return, if it can be had now without waiting; else None.
+
+        For callers that must not block (the FUSE event loop): a source answers here only
+        from memory (holes, caches, the kernel's page cache), never by waiting on a disk or a
+        network.  None means "ask ``read_at`` in a thread"; errors are left to ``read_at`` too.
+        The answer may be a view (zeros, a slice) rather than ``bytes``.
+        """
+        if offset < 0 or n < 0:
+            return None
+        n = min(n, self.size - offset)
+        if n <= 0:
+            return b""
+        return self._try_read(offset, n)
+
+    def _try_read(self, offset: int, n: int) -> Buffer | None:
+        """``_read`` if it needs no waiting; the default never knows, so always None."""
+        return None
 
     def spans(self, offset: int = 0, length: int | None = None) -> Iterator[Span]:
         """Data and holes covering ``[offset, offset+length)`` clipped to the source, in order.
@@ -161,6 +196,9 @@ class ZeroSource(ByteSource):
     def _read(self, offset: int, n: int) -> bytes:
         return bytes(n)
 
+    def _try_read(self, offset: int, n: int) -> Buffer | None:
+        return zeros(n)
+
     def spans(self, offset: int = 0, length: int | None = None) -> Iterator[Span]:
         start, end = self._clip(offset, length)
         if end > start:
@@ -180,6 +218,9 @@ class SliceSource(ByteSource):
 
     def _read(self, offset: int, n: int) -> bytes:
         return self.base.read_at(self.start + offset, n)
+
+    def _try_read(self, offset: int, n: int) -> Buffer | None:
+        return self.base.try_read_at(self.start + offset, n)
 
     def spans(self, offset: int = 0, length: int | None = None) -> Iterator[Span]:
         start, end = self._clip(offset, length)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 from vcbfs.blocks.lru import LRU
-from vcbfs.blocks.source import ByteSource, Span, coalesce
+from vcbfs.blocks.source import Buffer, ByteSource, Span, coalesce, zeros
 from vcbfs.errors import CorruptError, UnsupportedError
 from vcbfs.ntfs.attributes import Attribute
 from vcbfs.ntfs.lznt1 import decompress_unit
@@ -34,6 +34,9 @@ class ResidentStream(ByteSource):
         self.name = name
 
     def _read(self, offset: int, n: int) -> bytes:
+        return self.value[offset : offset + n]
+
+    def _try_read(self, offset: int, n: int) -> Buffer | None:
         return self.value[offset : offset + n]
 
 
@@ -98,15 +101,63 @@ class AttributeStream(ByteSource):
             data += bytes(end - valid)
         return data
 
+    def _try_read(self, offset: int, n: int) -> Buffer | None:
+        end = offset + n
+        valid = min(end, self.initialized)
+        if valid <= offset:
+            return zeros(n)
+        data = self._try_units(offset, valid) if self.unit else self._try_plain(offset, valid)
+        if data is None:
+            return None
+        if valid < end:
+            return b"".join((data, zeros(end - valid)))
+        return data
+
+    def _try_plain(self, offset: int, end: int) -> Buffer | None:
+        """``_read_plain`` from holes and data at hand; None if some run would have to wait."""
+        cs = self.cluster_size
+        first = offset // cs
+        count = (end - 1) // cs - first + 1
+        parts: list[Buffer] = []
+        for _vcn, length, lcn in self.map.iter_range(first, count):
+            nbytes = length * cs
+            if lcn is None:
+                parts.append(zeros(nbytes))
+                continue
+            chunk = self.volume.try_read_at(lcn * cs, nbytes)
+            if chunk is None or len(chunk) != nbytes:
+                return None  # read_at waits for it, or reports the run past the volume's end
+            parts.append(chunk)
+        skip = offset - first * cs
+        if len(parts) == 1:
+            data = parts[0]
+            if skip == 0 and len(data) == end - offset:
+                return data
+            return memoryview(data)[skip : skip + end - offset]
+        return b"".join(parts)[skip : skip + end - offset]
+
+    def _try_units(self, offset: int, end: int) -> Buffer | None:
+        """``_read_units`` when every unit it needs is already in the unit cache."""
+        unit = self.unit
+        parts: list[Buffer] = []
+        for u in range(offset // unit, (end - 1) // unit + 1):
+            data = self._units.get(u)
+            if data is None:
+                return None
+            lo = max(offset - u * unit, 0)
+            hi = min(end - u * unit, unit)
+            parts.append(memoryview(data)[lo:hi])
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
     def _read_plain(self, offset: int, end: int) -> bytes:
         cs = self.cluster_size
         first = offset // cs
         count = (end - 1) // cs - first + 1
-        parts = []
+        parts: list[Buffer] = []
         for _vcn, length, lcn in self.map.iter_range(first, count):
             nbytes = length * cs
             if lcn is None:
-                parts.append(bytes(nbytes))
+                parts.append(zeros(nbytes))
             else:
                 chunk = self.volume.read_at(lcn * cs, nbytes)
                 if len(chunk) != nbytes:

@@ -17,7 +17,16 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from vcbfs.blocks.source import ByteSource, Location, OwnedSources, Span, coalesce, read_exact
+from vcbfs.blocks.source import (
+    Buffer,
+    ByteSource,
+    Location,
+    OwnedSources,
+    Span,
+    coalesce,
+    read_exact,
+    zeros,
+)
 from vcbfs.blocks.vmdk.descriptor import (
     NO_PARENT,
     Descriptor,
@@ -102,6 +111,22 @@ class Layer:
             offset = stop
             i += 1
 
+    def runs_nowait(self, offset: int, length: int) -> Iterator[tuple[Extent, Run | None, int]]:
+        """``runs`` where mapping needs no I/O; a None run means the rest would have to wait."""
+        end = min(offset + length, self.size)
+        i = bisect.bisect_right(self.starts, offset) - 1
+        while offset < end and i < len(self.extents):
+            ext, start = self.extents[i], self.starts[i]
+            stop = min(end, start + ext.size)
+            runs = ext.map_nowait(offset - start, stop - offset)
+            if runs is None:
+                yield ext, None, offset
+                return
+            for run in runs:
+                yield ext, run, start + run.offset
+            offset = stop
+            i += 1
+
     def describe(self) -> dict[str, object]:
         info: dict[str, object] = {"file": self.location.name, "format": self.format}
         if self.descriptor is not None:
@@ -146,6 +171,35 @@ class VirtualDisk(ByteSource):
                 self._gather(depth + 1, at, run.length, parts)
         if inside < n:  # a parent smaller than its child: the rest was never written
             parts.append(bytes(n - inside))
+
+    def _try_read(self, offset: int, n: int) -> Buffer | None:
+        parts: list[Buffer] = []
+        if not self._try_gather(0, offset, n, parts):
+            return None
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _try_gather(self, depth: int, offset: int, n: int, parts: list[Buffer]) -> bool:
+        """``_gather`` from memory only: False as soon as some part would have to wait."""
+        if depth == len(self.layers):
+            parts.append(zeros(n))
+            return True
+        layer = self.layers[depth]
+        inside = max(0, min(n, layer.size - offset))
+        for ext, run, at in layer.runs_nowait(offset, inside):
+            if run is None:
+                return False
+            if run.kind is Kind.DATA:
+                data = ext.try_read_run(run)
+                if data is None:
+                    return False
+                parts.append(data)
+            elif run.kind is Kind.ZERO:
+                parts.append(zeros(run.length))
+            elif not self._try_gather(depth + 1, at, run.length, parts):
+                return False
+        if inside < n:
+            parts.append(zeros(n - inside))
+        return True
 
     def spans(self, offset: int = 0, length: int | None = None) -> Iterator[Span]:
         start, end = self._clip(offset, length)

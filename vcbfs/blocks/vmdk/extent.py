@@ -16,7 +16,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from vcbfs.blocks.source import ByteSource, read_exact
+from vcbfs.blocks.source import Buffer, ByteSource, read_exact
 from vcbfs.errors import CorruptError, OutOfRangeError
 
 __all__ = ["Extent", "FlatExtent", "GrainExtent", "Kind", "Run", "ZeroExtent"]
@@ -60,10 +60,21 @@ class Extent(ABC):
         """
         return self.map(offset, length)
 
+    def map_nowait(self, offset: int, length: int) -> Iterator[Run] | None:
+        """``map`` if it needs no I/O (no table to read), else None.  The default: None."""
+        return None
+
     def read_run(self, run: Run) -> bytes:
         """The bytes of a DATA run that ``map`` returned."""
         assert self.file is not None
         return read_exact(self.file, run.loc, run.length, f"{self.type_name} extent data")
+
+    def try_read_run(self, run: Run) -> Buffer | None:
+        """``read_run`` if the bytes are at hand without waiting, else None."""
+        if self.file is None:
+            return None
+        data = self.file.try_read_at(run.loc, run.length)
+        return data if data is not None and len(data) == run.length else None
 
     def describe(self) -> dict[str, object]:
         """Facts for ``vcbfs disk info``."""
@@ -93,6 +104,9 @@ class FlatExtent(Extent):
         if length > 0:
             yield Run(offset, length, Kind.DATA, self.start + offset)
 
+    def map_nowait(self, offset: int, length: int) -> Iterator[Run] | None:
+        return self.map(offset, length)
+
     def allocation(self, offset: int, length: int) -> Iterator[Run]:
         assert self.file is not None
         for span in self.file.spans(self.start + offset, length):
@@ -115,6 +129,9 @@ class ZeroExtent(Extent):
     def map(self, offset: int, length: int) -> Iterator[Run]:
         if length > 0:
             yield Run(offset, length, Kind.ZERO)
+
+    def map_nowait(self, offset: int, length: int) -> Iterator[Run] | None:
+        return self.map(offset, length)
 
 
 class GrainExtent(Extent):
