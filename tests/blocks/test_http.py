@@ -535,3 +535,24 @@ def test_many_threads_share_a_small_pool(server: FileServer) -> None:
             t.join()
     assert errors == []
     assert server.connections <= 2
+
+
+def test_expired_cookie_is_renewed_once(server: FileServer) -> None:
+    """A 401 (an expired vSphere session) asks for a fresh cookie and tries again, once."""
+    renewed: list[str] = []
+
+    def renew() -> str:
+        renewed.append("x")
+        return 'vmware_soap_session="fresh-cookie"'
+
+    with HttpSession(options(cookie=COOKIE), renew_cookie=renew) as session:
+        src = open_disk(server, session)
+        server.faults = Faults(status=401, status_first=1)
+        assert src.read_at(0, 100) == DATA[:100]
+        assert renewed == ["x"]
+        cookies = [r.headers.get("Cookie") for r in server.requests]
+        assert cookies == [COOKIE, 'vmware_soap_session="fresh-cookie"']
+        server.faults = Faults(status=401, status_first=ALWAYS)
+        with pytest.raises(AccessDeniedError):
+            src.read_at(100, 100)
+        assert renewed == ["x", "x"]  # one renewal per read, then the refusal stands

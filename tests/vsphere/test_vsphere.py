@@ -359,3 +359,43 @@ def test_spec_naming_several_vms_mounts_a_folder(
 
         morefs = list(find_all(si, vim.VirtualMachine, ["name"]))
     assert all(_ours(vcsim, m) == [] for m in morefs)
+
+
+# -- autofs and systemd ------------------------------------------------------------------------
+
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+
+
+def test_autofs_program_map_and_mount_helper(
+    env: dict[str, str], vcsim: Vcsim, vsphere_vm: VsphereVm, mnt: Path
+) -> None:
+    entry = subprocess.run(
+        [SCRIPTS / "autofs/auto.vcbfs", DEMO_VM], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert entry == f'-fstype=vcbfs,ro,nosuid,nodev ":name={DEMO_VM}"'
+    refused = subprocess.run([SCRIPTS / "autofs/auto.vcbfs", "../etc"], check=False)
+    assert refused.returncode != 0
+    # What mount(8) runs for that entry: mount.vcbfs DEVICE DIR -o OPTIONS.
+    subprocess.run(
+        [SCRIPTS / "autofs/mount.vcbfs", f"name={DEMO_VM}", str(mnt), "-o", "ro,nosuid,nodev"],
+        env={**env, "VCBFS": f"{sys.executable} -m vcbfs"},
+        check=True,
+        timeout=120,
+    )
+    assert (mnt / "letters/C/boot.ini").read_bytes() == SYS_FILES["boot.ini"]
+    assert len(_ours(vcsim, vsphere_vm.vm.moref)) == 1
+    vcbfs(env, "umount", str(mnt))  # what autofs does after its timeout
+    assert _ours(vcsim, vsphere_vm.vm.moref) == []
+
+
+def test_systemd_unit_names_real_commands() -> None:
+    unit = (SCRIPTS / "systemd/vcbfs-automount.service").read_text()
+    commands = [
+        line.split("=", 1)[1].split()
+        for line in unit.splitlines()
+        if line.startswith(("ExecStart=", "ExecStartPre=", "ExecStop="))
+    ]
+    assert [c[1] for c in commands] == ["cleanup", "mount", "umount"]
+    for cmd in commands:  # each parses as vcbfs would run it
+        args = [sys.executable, "-m", "vcbfs", *cmd[1:2], "--help"]
+        assert subprocess.run(args, capture_output=True, check=False).returncode == 0

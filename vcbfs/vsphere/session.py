@@ -33,7 +33,7 @@ __all__ = ["LoginError", "Session", "fault_text", "peer_thumbprint"]
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 PAGE = 1000
-CONNECT_TIMEOUT = 30
+HTTP_TIMEOUT = 300  # one SOAP call; tasks are polled, so no call waits for one
 
 
 class LoginError(AccessDeniedError):
@@ -140,19 +140,25 @@ class Session:
     # -- connecting ------------------------------------------------------------------------
 
     def _connect(self) -> Any:
-        from pyVim.connect import SmartConnect
+        from pyVim.connect import SmartStubAdapter
 
         ctx = ssl_context(thumbprint=self.thumbprint, insecure=self.insecure, ca_file=self.ca_file)
         where = f"{self.host}:{self.port}"
+        stub = None
+        done = False
         try:
-            return SmartConnect(
+            # Version negotiation as SmartConnect does it, but with the stub in hand so that
+            # its sockets are closed when the login fails.
+            stub = SmartStubAdapter(
                 host=self.host,
                 port=self.port,
-                user=self.user,
-                pwd=self._password,
                 sslContext=ctx,
-                httpConnectionTimeout=CONNECT_TIMEOUT,
+                httpConnectionTimeout=HTTP_TIMEOUT,
             )
+            si = vim.ServiceInstance("ServiceInstance", stub)
+            si.content.sessionManager.Login(self.user, self._password)
+            done = True
+            return si
         except vim.fault.InvalidLogin:
             raise LoginError(
                 f"login as {self.user!r} refused: wrong user name or password", source=where
@@ -165,6 +171,9 @@ class Session:
             raise VsphereError(f"cannot connect: {exc}", source=where) from None
         except Exception as exc:  # pyvmomi raises bare Exception for "not a VIM server"
             raise VsphereError(f"cannot connect: {exc}", source=where) from None
+        finally:
+            if stub is not None and not done:
+                stub.DropConnections()
 
     def _untrusted(self, exc: ssl.SSLCertVerificationError) -> str:
         reason = getattr(exc, "verify_message", None) or str(exc)

@@ -1,0 +1,98 @@
+"""The vsphere package against vcsim, in-process: sessions, paging, specifiers, snapshots."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.vsphere.conftest import DEMO_IP, DEMO_VM, VsphereVm
+from tests.vsphere.simulator import Vcsim, add_vm, create_snapshot, list_snapshots, managed
+from vcbfs.errors import AccessDeniedError
+from vcbfs.vsphere import session as session_mod
+from vcbfs.vsphere.inventory import NameCache, VmInfo, find_vms, list_vms, parse_spec, select
+from vcbfs.vsphere.session import LoginError, Session
+from vcbfs.vsphere.snapshots import Journal, cleanup, release, take
+
+
+@pytest.fixture
+def session(vcsim: Vcsim) -> Iterator[Session]:
+    s = Session(
+        vcsim.host,
+        str(vcsim.username),
+        str(vcsim.password),
+        port=vcsim.port,
+        thumbprint=vcsim.thumbprint,
+    )
+    yield s
+    s.close()
+
+
+def test_expired_session_logs_in_again(session: Session, vsphere_vm: VsphereVm) -> None:
+    before = session.cookie()
+    session.content.sessionManager.Logout()  # as if the server had expired the session
+    names = [vm.name for vm in list_vms(session)]
+    assert DEMO_VM in names
+    assert session.cookie() != before
+    assert session.fresh_cookie() == session.cookie()
+
+
+def test_paged_retrieval(
+    session: Session, vsphere_vm: VsphereVm, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    every = list_vms(session)
+    monkeypatch.setattr(session_mod, "PAGE", 1)  # one VM per page: ContinueRetrievePropertiesEx
+    assert list_vms(session) == every and len(every) > 2
+
+
+def test_bad_login_and_pinning(vcsim: Vcsim) -> None:
+    with pytest.raises(LoginError, match="wrong user name or password"):
+        Session(vcsim.host, "vcbfs", "nope", port=vcsim.port, thumbprint=vcsim.thumbprint)
+    with pytest.raises(AccessDeniedError, match="not the pinned"):
+        Session(vcsim.host, "vcbfs", "x", port=vcsim.port, thumbprint="ab" * 32)
+
+
+def test_specifiers(session: Session, vsphere_vm: VsphereVm, tmp_path: Path) -> None:
+    vms = list_vms(session)
+    demo = next(vm for vm in vms if vm.name == DEMO_VM)
+    assert demo.ipaddr == DEMO_IP and demo.power == "on"
+    assert select(vms, parse_spec(f"NAME:{DEMO_VM.upper()}")) == [demo]  # case-insensitive
+    assert select(vms, parse_spec(f"uuid:{demo.uuid.upper()}")) == [demo]
+    assert select(vms, parse_spec("any:")) == vms
+    assert select(vms, parse_spec("none:")) == []
+    cache = NameCache(tmp_path / "vmnames.json")
+    cache.update(vms)
+    # A powered-off VM has no guest IP: the cache still knows where it was.
+    off = VmInfo(demo.moref, demo.name, demo.uuid, "", "", "", "off", False, "", (), demo.ref)
+    assert select([off], parse_spec(f"ipaddr:{DEMO_IP}"), cache) == [off]
+    assert select([off], parse_spec(f"ipaddr:{DEMO_IP}")) == []
+
+
+def test_take_release_and_cleanup(
+    session: Session, vcsim: Vcsim, vsphere_vm: VsphereVm, tmp_path: Path
+) -> None:
+    with vcsim.session() as si:
+        info = add_vm(vcsim, si, "journal-vm", [vsphere_vm.source.sys_vmdk])
+        create_snapshot(si, info.moref, "vcbfs-backup lookalike", "a user's, not ours")
+    vm = find_vms(session, parse_spec("name:journal-vm"))[0]
+    journal = Journal(tmp_path / "journal")
+    snap = take(session, vm, journal)
+    [entry] = journal.entries()
+    assert entry.snapshot_moref == snap.moref and entry.alive()
+    assert cleanup(session, journal) == []  # held by a live process (this one)
+    assert release(session, snap, journal) == []
+    assert journal.entries() == []
+
+    # A dead owner's entry: cleanup releases that snapshot, and nothing else.
+    snap = take(session, vm, journal)
+    [entry] = journal.entries()
+    entry.pid, entry.started = 1, "0"
+    journal.write(entry)
+    actions = cleanup(session, journal, dry_run=True)
+    assert [a.snapshot for a in actions] == [entry.snapshot_name] and not actions[0].done
+    actions = cleanup(session, journal)
+    assert [a.done for a in actions] == [True] and journal.entries() == []
+    with vcsim.session() as si:
+        left = [s.name for s in list_snapshots(si, managed(si, info.moref))]
+    assert left == ["vcbfs-backup lookalike"]
