@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -25,7 +26,7 @@ from tests.vsphere.simulator import (
 )
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="no /dev/fuse")
-PREFIX = "vcbfs-backup "
+OURS = re.compile(r"^vcbfs-backup \S+ [0-9a-f]{32}$")  # vcbfs's tag (not a look-alike)
 
 
 @pytest.fixture
@@ -76,7 +77,7 @@ def _ours(vcsim: Vcsim, moref: str) -> list[str]:
 
     with vcsim.session() as si:
         snaps = list_snapshots(si, managed(si, moref))
-    return [s.name for s in snaps if s.name.startswith(PREFIX)]
+    return [s.name for s in snaps if OURS.match(s.name)]
 
 
 def _all_snapshots(vcsim: Vcsim, moref: str) -> list[str]:
@@ -358,7 +359,7 @@ def test_spec_naming_several_vms_mounts_a_folder(
         from tests.vsphere.simulator import find_all
 
         morefs = list(find_all(si, vim.VirtualMachine, ["name"]))
-    assert all(_ours(vcsim, m) == [] for m in morefs)
+    assert {m: _ours(vcsim, m) for m in morefs if _ours(vcsim, m)} == {}
 
 
 # -- autofs and systemd ------------------------------------------------------------------------

@@ -265,9 +265,7 @@ def run_umount(args: argparse.Namespace) -> int:
         return 0
     deadline = time.monotonic() + UMOUNT_WAIT
     while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if not _running(pid):
             break
         time.sleep(0.05)
     else:
@@ -348,3 +346,12 @@ def _vsphere_model(
     except BaseException:
         session.close()
         raise
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` still runs: a zombie (exited, not yet reaped by init) has finished."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"

@@ -75,7 +75,11 @@ def serve(
     requests from ``vcbfs release``.  ``cleanup`` runs after the tree is closed (a logout).
     """
     ops = Operations(tree, uid=uid, gid=gid)
-    pyfuse3.init(ops, mountpoint, options)
+    try:
+        pyfuse3.init(ops, mountpoint, options)
+    except BaseException:
+        _close(tree, cleanup)  # a snapshot taken for this mount must not outlive it
+        raise
     unmounted = False
     try:
 
@@ -95,15 +99,19 @@ def serve(
         unmounted = True
     finally:
         pyfuse3.close(unmount=True)
-        try:
-            tree.close()
-        finally:
-            if cleanup is not None:
-                cleanup()
+        _close(tree, cleanup)
         if control is not None:
             with contextlib.suppress(OSError):
                 os.unlink(control)
         log.info("unmounted %s (%s)", mountpoint, "clean" if unmounted else "after an error")
+
+
+def _close(tree: Tree | VmFolder, cleanup: Callable[[], object] | None) -> None:
+    try:
+        tree.close()
+    finally:
+        if cleanup is not None:
+            cleanup()
 
 
 async def _when_serving(mountpoint: str, ready: Callable[[], None] | None) -> None:

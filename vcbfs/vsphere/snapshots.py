@@ -66,12 +66,13 @@ def _boot_id() -> str:
 
 
 def _start_time(pid: int) -> str:
-    """A process's start time in clock ticks since boot: with the PID, who it is."""
+    """A running process's start time in clock ticks since boot (with the PID, who it is);
+    empty if there is no such process or it has exited (a zombie not yet reaped)."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()
     except OSError:
         return ""
-    return stat.rsplit(")", 1)[-1].split()[19]
+    return "" if fields[0] in ("Z", "X") else fields[19]
 
 
 @dataclass
@@ -291,6 +292,19 @@ def release(session: Session, snap: Snapshot, journal: Journal) -> list[str]:
 # -- cleanup after a crash ---------------------------------------------------------------------
 
 
+def _owner_running(description: str) -> bool:
+    """Whether the vcbfs process a snapshot's description names still runs on this host."""
+    m = re.search(r"\bpid (\d+)\b", description)
+    if not m:
+        return False
+    pid = int(m[1])
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"vcbfs" in cmdline and bool(_start_time(pid))
+
+
 @dataclass
 class Action:
     """One thing cleanup did (or, in a dry run, would do)."""
@@ -336,6 +350,8 @@ def cleanup(session: Session, journal: Journal, *, dry_run: bool = False) -> lis
                 continue  # the name alone could be a user's copy: the id must be in both
             found.add(node.name)
             entry = stale.get(node.name)
+            if entry is None and _owner_running(node.description or ""):
+                continue  # journaled elsewhere (another state directory) by a live vcbfs
             why = "its vcbfs process is gone" if entry else "tagged by this proxy, no journal entry"
             action = Action(f"{name} ({moref})", node.name, why)
             actions.append(action)
