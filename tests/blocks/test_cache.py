@@ -24,12 +24,15 @@ class SlowSource(MemorySource):
         super().__init__(data, "slow")
         self.delay = delay
         self.fail = fail
+        self.fail_from = 0  # only reads starting at or after this offset fail
+        self.threads: list[str] = []
         self.lock = threading.Lock()
 
     def _read(self, offset: int, n: int) -> bytes:
         time.sleep(self.delay)
         with self.lock:
-            if self.fail:
+            self.threads.append(threading.current_thread().name)
+            if self.fail and offset >= self.fail_from:
                 self.fail -= 1
                 raise ReadError("injected", source=self.name, offset=offset)
         return super()._read(offset, n)
@@ -121,3 +124,36 @@ def test_cached_location_wraps_siblings() -> None:
 def test_capacity_must_hold_a_block() -> None:
     with pytest.raises(ValueError):
         CachedSource(MemorySource(b"x"), block_size=4096, capacity=100)
+
+
+def test_background_readahead_runs_ahead_of_the_reader() -> None:
+    """With ``background``, the horizon is fetched while the reader is elsewhere."""
+    base = SlowSource(DATA, delay=0.02)
+    cache = CachedSource(
+        base, block_size=64 * KIB, capacity=2048 * KIB, max_readahead=512 * KIB, background=True
+    )
+    step = 128 * KIB
+    out = []
+    hits = 0
+    for off in range(0, len(DATA), step):
+        got = cache.try_read_at(off, step)
+        if got is None:
+            got = cache.read_at(off, step)
+        else:
+            hits += 1
+        out.append(bytes(got))
+        time.sleep(0.03)  # the reader's own work: the next window arrives meanwhile
+    assert b"".join(out) == DATA
+    assert hits > len(out) // 2  # most reads found their blocks already fetched
+    assert cache.requests < len(out)
+
+
+def test_background_readahead_failure_is_retried_by_the_reader() -> None:
+    base = SlowSource(DATA)
+    cache = CachedSource(
+        base, block_size=64 * KIB, capacity=2048 * KIB, max_readahead=512 * KIB, background=True
+    )
+    base.fail, base.fail_from = 1, 1024 * KIB  # the first fetch there fails: a background one
+    data = b"".join(cache.read_at(off, 64 * KIB) for off in range(0, len(DATA), 64 * KIB))
+    assert data == DATA
+    assert base.fail == 0 and "vcbfs-readahead" in base.threads

@@ -8,21 +8,57 @@ the same metadata (MFT records, grain tables).  All readers of the source share 
   stream's window (doubling up to ``max_readahead``) and the blocks ahead are fetched in the same
   request to the source, so a backup reading a file start to end makes few, large requests;
 - single flight: readers that miss the same block at once wait for one fetch, not one each;
-- a read much larger than the cache goes straight to the source instead of flushing it.
+- a read much larger than the cache goes straight to the source instead of flushing it;
+- with ``background=True`` (for remote sources), readahead also runs ahead of the reader: once
+  half a window of the stream's horizon is missing, the rest is fetched by a background worker
+  while the reader goes on, so network round trips overlap with the reader's own work.
 """
 
 from __future__ import annotations
 
+import logging
+import queue
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from vcbfs.blocks.lru import LRU
 from vcbfs.blocks.source import Buffer, ByteSource, Location, Span
 
 __all__ = ["CachedLocation", "CachedSource"]
 
+log = logging.getLogger(__name__)
+
 MAX_STREAMS = 32
+WORKERS = 4
+
+
+class _Workers:
+    """A few daemon threads for background readahead (a hung fetch never blocks exit)."""
+
+    def __init__(self, count: int) -> None:
+        self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._count = count
+        self._started = 0
+        self._lock = threading.Lock()
+
+    def submit(self, job: Callable[[], None]) -> None:
+        with self._lock:
+            if self._started < self._count:
+                self._started += 1
+                threading.Thread(target=self._run, name="vcbfs-readahead", daemon=True).start()
+        self._jobs.put(job)
+
+    def _run(self) -> None:
+        while True:
+            job = self._jobs.get()
+            try:
+                job()
+            except Exception as exc:  # the reader fetches for itself when it gets there
+                log.debug("background readahead failed: %s", exc)
+
+
+_workers = _Workers(WORKERS)
 
 
 class _Fetch:
@@ -43,6 +79,7 @@ class CachedSource(ByteSource):
         block_size: int = 128 * 1024,
         capacity: int = 64 << 20,
         max_readahead: int = 4 << 20,
+        background: bool = False,
     ):
         if block_size <= 0 or capacity < block_size:
             raise ValueError("cache capacity must hold at least one block")
@@ -51,7 +88,8 @@ class CachedSource(ByteSource):
         self.size = base.size
         self.block_size = block_size
         self.max_window = max(1, max_readahead // block_size)
-        self._blocks: LRU[int, bytes] = LRU(capacity, len)
+        self.background = background
+        self._blocks: LRU[int, Buffer] = LRU(capacity, len)
         self._lock = threading.Lock()
         self._inflight: dict[int, _Fetch] = {}
         # next expected block of each sequential stream -> its current window, in blocks
@@ -64,13 +102,7 @@ class CachedSource(ByteSource):
             self._count()
             return self.base.read_at(offset, n)
         first, last = offset // bs, (offset + n - 1) // bs
-        blocks = self._get_blocks(first, last)
-        if len(blocks) == 1:
-            start = offset - first * bs
-            return blocks[0][start : start + n]
-        data = b"".join(blocks)
-        start = offset - first * bs
-        return data[start : start + n]
+        return bytes(_assemble(self._get_blocks(first, last), offset - first * bs, n))
 
     def _try_read(self, offset: int, n: int) -> Buffer | None:
         """The bytes if every block is cached; the stream table advances as ``_read``'s does."""
@@ -84,11 +116,10 @@ class CachedSource(ByteSource):
             if block is None:
                 return None
             blocks.append(block)
-        self._window(first, last)
-        start = offset - first * bs
-        if len(blocks) == 1:
-            return memoryview(blocks[0])[start : start + n]
-        return b"".join(blocks)[start : start + n]
+        window = self._window(first, last)
+        if self.background:
+            self._run_ahead(last, window)
+        return _assemble(blocks, offset - first * bs, n)
 
     def _window(self, first: int, last: int) -> int:
         """Readahead in blocks for a read of ``first..last``; updates the stream table."""
@@ -102,8 +133,43 @@ class CachedSource(ByteSource):
                 self._streams.popitem(last=False)
         return window
 
+    def _run_ahead(self, last: int, window: int) -> None:
+        """Fetch, in the background, the missing end of the stream's readahead horizon."""
+        if window < 2:
+            return
+        horizon = min(-(-self.size // self.block_size) - 1, last + window)
+        with self._lock:
+            a = last + 1
+            while a <= horizon and (a in self._blocks or a in self._inflight):
+                a += 1
+            if horizon - a + 1 < window // 2:
+                return  # most of the horizon is there or coming: wait for more to be read
+            fetch = _Fetch()
+            b = a
+            while b <= horizon and b not in self._blocks and b not in self._inflight:
+                self._inflight[b] = fetch
+                b += 1
+        _workers.submit(lambda: self._fetch_in_background(a, b - 1, fetch))
+
+    def _fetch_in_background(self, a: int, b: int, fetch: _Fetch) -> None:
+        try:
+            self._fetch(a, b, {}, -1)
+        finally:
+            with self._lock:
+                for j in range(a, b + 1):
+                    self._inflight.pop(j, None)
+            fetch.done.set()
+
     def _get_blocks(self, first: int, last: int) -> list[bytes]:
         window = self._window(first, last)
+        if self.background:
+            try:
+                return self._blocks_now(first, last, window)
+            finally:
+                self._run_ahead(last, window)
+        return self._blocks_now(first, last, window)
+
+    def _blocks_now(self, first: int, last: int, window: int) -> list[bytes]:
         nblocks = -(-self.size // self.block_size)
         ahead_end = min(nblocks - 1, last + window)
         got: dict[int, bytes] = {}
@@ -156,6 +222,8 @@ class CachedSource(ByteSource):
         """Read blocks ``a..b`` in one request; cache them all, keep the wanted ones."""
         bs = self.block_size
         self._count()
+        # Blocks are copies, not views of ``data``: a view would keep all of a window's
+        # buffer alive for as long as any one of its blocks stays cached.
         data = self.base.read_at(a * bs, (b - a + 1) * bs)
         for i in range(a, b + 1):
             block = data[(i - a) * bs : (i - a + 1) * bs]
@@ -176,6 +244,18 @@ class CachedSource(ByteSource):
     def close(self) -> None:
         self._blocks.clear()
         self.base.close()
+
+
+def _assemble(blocks: list[Buffer], start: int, n: int) -> Buffer:
+    """``n`` bytes from ``start`` in the blocks, laid end to end: one copy at most."""
+    if len(blocks) == 1:
+        return memoryview(blocks[0])[start : start + n]
+    parts = [memoryview(b) for b in blocks]
+    parts[0] = parts[0][start:]
+    excess = sum(len(p) for p in parts) - n
+    if excess > 0:
+        parts[-1] = parts[-1][: len(parts[-1]) - excess]
+    return b"".join(parts)
 
 
 class CachedLocation(Location):
