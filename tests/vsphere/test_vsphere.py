@@ -400,3 +400,20 @@ def test_systemd_unit_names_real_commands() -> None:
     for cmd in commands:  # each parses as vcbfs would run it
         args = [sys.executable, "-m", "vcbfs", *cmd[1:2], "--help"]
         assert subprocess.run(args, capture_output=True, check=False).returncode == 0
+
+
+def test_the_next_mount_cleans_up_after_a_crash(
+    env: dict[str, str], vcsim: Vcsim, vsphere_vm: VsphereVm, mnt: Path
+) -> None:
+    with vcsim.session() as si:
+        vm = add_vm(vcsim, si, "crash-again", [vsphere_vm.source.sys_vmdk])
+    vcbfs(env, "mount", "name:crash-again", str(mnt))
+    pid = int(next(Path(env["VCBFS_RUN_DIR"]).glob("mount-*.pid")).read_text())
+    os.kill(pid, signal.SIGKILL)
+    time.sleep(0.5)
+    vcbfs(env, "umount", str(mnt))
+    assert len(_ours(vcsim, vm.moref)) == 1
+    done = vcbfs(env, "mount", f"name:{DEMO_VM}", str(mnt))  # a start after the crash
+    assert "startup cleanup" in done.stderr and "crash-again" in done.stderr
+    assert _ours(vcsim, vm.moref) == []
+    assert len(_ours(vcsim, vsphere_vm.vm.moref)) == 1

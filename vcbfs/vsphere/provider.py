@@ -127,7 +127,8 @@ class VsphereProvider(VmProvider):
             image.note(note)
         return image
 
-    def _disk_files(self, config: Any, notes: list[str]) -> list[tuple[str, str]]:
+    @staticmethod
+    def _disk_files(config: Any, notes: list[str]) -> list[tuple[str, str]]:
         """``(device, "[ds] file.vmdk")`` of each disk the snapshot froze, in controller order."""
         devices = list(config.hardware.device or ())
         controllers: dict[int, tuple[str, int]] = {}
