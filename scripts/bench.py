@@ -592,14 +592,6 @@ def on_disk_mib(images_dir: Path, image: Image) -> float:
 
 
 def tool_versions() -> str:
-    def first_line(cmd: list[str]) -> str:
-        try:
-            res = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        except OSError:
-            return "?"
-        said = (res.stdout or res.stderr).strip()
-        return said.splitlines()[0] if said else "?"
-
     qemu = first_line(["qemu-img", "--version"]).removeprefix("qemu-img version ")
     vmdk = first_line(["vmdkmount", "-V"]).removeprefix("vmdkmount ")
     vcbfs = first_line([vcbfs_command(), "--version"])
@@ -1092,15 +1084,17 @@ def print_walk_table(jobs: list[Job]) -> None:
     print_table(headers, rows, left=3)
 
 
-def ntfs_tool_versions() -> str:
-    def first_line(cmd: list[str]) -> str:
-        try:
-            res = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        except OSError:
-            return "?"
-        said = (res.stdout or res.stderr).strip()
-        return said.splitlines()[0] if said else "?"
+def first_line(cmd: list[str]) -> str:
+    """The first line a tool prints about itself ("?" if it is missing or silent)."""
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    except OSError:
+        return "?"
+    said = (res.stdout or res.stderr).strip()
+    return said.splitlines()[0] if said else "?"
 
+
+def ntfs_tool_versions() -> str:
     vcbfs = first_line([vcbfs_command(), "--version"])
     tsk = first_line(["icat", "-V"]).removeprefix("The Sleuth Kit ver ")
     ntfs3g = first_line(["ntfs-3g", "--version"]).split(" integrated")[0]
@@ -1541,14 +1535,6 @@ def run_mount(args: argparse.Namespace) -> int:
 
 
 def mount_tool_versions() -> str:
-    def first_line(cmd: list[str]) -> str:
-        try:
-            res = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        except OSError:
-            return "?"
-        said = (res.stdout or res.stderr).strip()
-        return said.splitlines()[0] if said else "?"
-
     vcbfs = first_line([vcbfs_command(), "--version"])
     ntfs3g = first_line(["ntfs-3g", "--version"]).split(" integrated")[0]
     tar = first_line(["tar", "--version"]).removeprefix("tar (GNU tar) ")
@@ -2172,14 +2158,6 @@ def govmomi_version() -> str:
 
 
 def vsphere_tool_versions() -> str:
-    def first_line(cmd: list[str]) -> str:
-        try:
-            res = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        except OSError:
-            return "?"
-        said = (res.stdout or res.stderr).strip()
-        return said.splitlines()[0] if said else "?"
-
     vcbfs = first_line([vcbfs_command(), "--version"])
     curl = " ".join(first_line(["curl", "--version"]).split()[:2])
     return f"{vcbfs}, {curl}"
