@@ -111,6 +111,9 @@ class OneFile:
             raise pyfuse3.FUSEError(errno.ENOENT)
         return self.source
 
+    def try_open(self, ino: int) -> ByteSource | None:
+        return None  # opening goes through a worker thread, as for a record not parsed yet
+
     def hold(self, ino: int) -> object:
         self.held.append(ino)
         return ino

@@ -44,3 +44,13 @@ def test_listing_the_root_opens_no_volume(tree: Tree) -> None:
     assert tree.image._volumes is None  # nothing past the disks was looked at
     assert [name for name, _ in tree.readdir(tree.lookup(ROOT_INO, "digits").ino)] == ["1", "2"]
     assert tree.image._volumes is not None
+
+
+def test_try_open_only_when_nothing_needs_reading(tree: Tree) -> None:
+    assert tree.try_open((1 << 40) | 5) is None  # views not built yet: that reads the disks
+    ino = _walk(tree, "letters/C/boot.ini")  # the lookup parsed the file's record
+    fast = tree.try_open(ino)
+    assert fast is not None
+    assert fast.read_at(0, 1 << 20) == tree.open(ino).read_at(0, 1 << 20)
+    catalog = _walk(tree, "fullvm/catalog")
+    assert tree.try_open(catalog) is not None  # a small synthetic file is in memory

@@ -264,6 +264,17 @@ class VmFolder:
         _vm, tree, inner = found
         return tree.open(inner)
 
+    def try_open(self, ino: int) -> ByteSource | None:
+        """``open`` of an open VM's file when that needs no disk read; else None."""
+        if ino == ROOT_INO or ino in self._by_ino:
+            return None
+        epoch = (ino >> EPOCH_SHIFT) & EPOCH_MASK
+        vm = self._epochs.get(epoch)
+        tree = vm.tree if vm is not None else None
+        if vm is None or tree is None or vm.epoch != epoch:
+            return None  # the thread path says why
+        return tree.try_open(ino & ~(EPOCH_MASK << EPOCH_SHIFT))
+
     def readlink(self, ino: int) -> str:
         found = self._split(ino)
         if found is None:

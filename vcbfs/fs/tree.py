@@ -368,6 +368,22 @@ class Tree:
         view, record = found
         return view.volume.ntfs().open(record)
 
+    def try_open(self, ino: int) -> ByteSource | None:
+        """``open`` when it needs no disk read (a parsed record, a small synthetic file)."""
+        if ino & STREAM_INO or (ino >> VIEW_SHIFT and self._views is None):
+            return None
+        found = self._view(ino)
+        if found is None:
+            node = self._nodes.get(ino)
+            if node is None or node.data is None:
+                return None
+            from vcbfs.ntfs.stream import ResidentStream
+
+            return ResidentStream(node.data, node.name)
+        view, record = found
+        vol = view.volume.ntfs_if_open()
+        return None if vol is None else vol.try_open(record)
+
     def readlink(self, ino: int) -> str:
         found = self._view(ino)
         if found is None:

@@ -286,7 +286,14 @@ class NtfsVolume:
 
     def open(self, number: int, stream: str = "") -> ByteSource:
         """The unnamed data of a file, or its named stream ``stream``."""
-        node = self._node(number)
+        return self._open(self._node(number), number, stream)
+
+    def try_open(self, number: int, stream: str = "") -> ByteSource | None:
+        """``open`` if the file's record is parsed already (no disk read); else None."""
+        node = self._nodes.get(number)
+        return None if node is None else self._open(node, number, stream)
+
+    def _open(self, node: _Node, number: int, stream: str) -> ByteSource:
         if not node.find(AT.DATA, stream):
             what = f"stream {stream!r}" if stream else "data"
             raise NotFoundError(f"record {number} has no {what}", source=self.name)

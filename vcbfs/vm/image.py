@@ -55,6 +55,10 @@ class Volume:
                 self._ntfs = NtfsVolume(self.source)
             return self._ntfs
 
+    def ntfs_if_open(self) -> NtfsVolume | None:
+        """The NTFS reader if it is open already (never blocks to open it)."""
+        return self._ntfs
+
 
 class VmImage:
     """One VM (or one snapshot of it) as the mount sees it."""
