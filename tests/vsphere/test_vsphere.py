@@ -49,6 +49,10 @@ def env(vcsim: Vcsim, tmp_path: Path) -> dict[str, str]:
     }
 
 
+def vcbfs_password(env: dict[str, str]) -> str:
+    return Path(env["VCBFS_PASSWORD_FILE"]).read_text().strip()
+
+
 def _empty_config(tmp_path: Path) -> Path:
     path = tmp_path / "config.toml"
     path.write_text("# the tests' settings come from the environment\n")
@@ -283,6 +287,10 @@ def test_bad_password(env: dict[str, str], tmp_path: Path, vsphere_vm: VsphereVm
     assert done.returncode == 1
     assert "wrong user name or password" in done.stderr
     assert "not-the-password" not in done.stderr
+    debug = vcbfs({**env, "VCBFS_PASSWORD_FILE": str(wrong)}, "--debug", "ls", check=False)
+    assert debug.returncode == 1 and "not-the-password" not in debug.stderr + debug.stdout
+    right = vcbfs(env, "--debug", "ls")
+    assert str(vcbfs_password(env)) not in right.stderr + right.stdout
 
 
 def test_certificate_refused_unless_pinned(env: dict[str, str], vcsim: Vcsim) -> None:
