@@ -116,11 +116,24 @@ def _volume(disk: ByteSource, number: int | None) -> NtfsVolume:
     return NtfsVolume(found[0].source(disk))
 
 
-def run_cat(args: argparse.Namespace) -> int:
-    from vcbfs.blocks.copy import copy_to_fd
+def _open(args: argparse.Namespace) -> ByteSource:
+    """The disk at ``args.path``; a local bare NTFS volume opens as itself (no VMDK code)."""
+    if not args.path.startswith(("https://", "http://")):
+        from vcbfs.blocks.local import LocalSource
+
+        local = LocalSource(args.path)
+        if local.read_at(3, 8) == b"NTFS    ":
+            return local
+        local.close()
     from vcbfs.blocks.vmdk.disk import open_disk
 
-    with open_disk(location_from_args(args.path, args)) as disk:
+    return open_disk(location_from_args(args.path, args))
+
+
+def run_cat(args: argparse.Namespace) -> int:
+    from vcbfs.blocks.copy import copy_to_fd
+
+    with _open(args) as disk:
         source: ByteSource = disk
         if args.file is not None:
             volume = _volume(disk, args.partition)
@@ -143,9 +156,7 @@ def _split_stream(spec: str) -> tuple[str, str]:
 def run_ls(args: argparse.Namespace) -> int:
     import json
 
-    from vcbfs.blocks.vmdk.disk import open_disk
-
-    with open_disk(location_from_args(args.path, args)) as disk:
+    with _open(args) as disk:
         volume = _volume(disk, args.partition)
         number = volume.lookup(args.dir)
         rows = []

@@ -8,10 +8,7 @@ The password never comes from the command line.
 from __future__ import annotations
 
 import argparse
-import json
-import logging
 import os
-import socket
 import sys
 from typing import TYPE_CHECKING
 
@@ -22,8 +19,6 @@ if TYPE_CHECKING:
     from vcbfs.vsphere.session import Session
 
 __all__ = ["add_vsphere_options", "connect", "register"]
-
-log = logging.getLogger(__name__)
 
 
 def add_vsphere_options(parser: argparse.ArgumentParser) -> None:
@@ -145,6 +140,9 @@ def control_path(mountpoint: str) -> str:
 
 
 def run_release(args: argparse.Namespace) -> int:
+    import json
+    import socket
+
     path = os.path.abspath(args.path.rstrip("/"))
     mountpoint, name = os.path.dirname(path), os.path.basename(path)
     sock_path = control_path(mountpoint)
