@@ -660,6 +660,9 @@ once and cached like the tests do, holding a 64 MiB random file and about 23,000
 vcbfs and with independent readers, side by side in one run:
 
   big   bench/big.bin written to /dev/null by ``vcbfs disk cat IMG bench/big.bin``, by
+        vcbfs's API in a running process as the mount server uses it (``python -c APICAT``:
+        opening the volume, the lookup and the copy, timed inside the process, so without
+        interpreter start and imports), by
         sleuthkit's ``icat IMG INODE`` (the inode from vcbfs's lookup, checked against the
         manifest) and by ``cat MNT/bench/big.bin`` on a read-only ntfs-3g mount; and the same
         for a 1-byte file, which shows each tool's fixed cost (start-up, opening the volume).
@@ -711,6 +714,23 @@ while stack:
 print(files, nbytes)
 """
 
+#: vcbfs's API in a running process, as the mount server uses it: ``python -c APICAT IMG FILE
+#: TIMEFILE`` imports first, then times opening the volume, the lookup and copying the file to
+#: stdout, and writes those seconds to TIMEFILE (interpreter start and imports left out).
+APICAT = """\
+import sys, time
+from vcbfs.blocks.copy import copy_to_fd
+from vcbfs.blocks.local import LocalSource
+from vcbfs.ntfs.volume import NtfsVolume
+
+start = time.perf_counter()
+volume = NtfsVolume(LocalSource(sys.argv[1]))
+copy_to_fd(volume.open(volume.lookup(sys.argv[2])), 1)
+elapsed = time.perf_counter() - start
+with open(sys.argv[3], "w") as f:
+    f.write(repr(elapsed))
+"""
+
 BIG_TARGET = 1.0  # vcbfs MB/s over icat's, at least
 WALK_TARGET = 1.5  # vcbfs seconds over the fastest peer's, at most
 NTFS_PARTS = ("big", "walk")
@@ -732,10 +752,11 @@ class Job:
     to_null: bool = False  # timed runs write stdout to /dev/null (else a pipe, kept)
     result: Result = field(default_factory=Result)
     read: int | None = None  # bytes the checking run counted (walk)
+    reports: str = ""  # a file where the command writes its own seconds (APICAT)
 
     @property
     def is_vcbfs(self) -> bool:
-        return self.tool == "vcbfs"
+        return self.tool.startswith("vcbfs")
 
 
 def ntfs_fixture() -> Any:
@@ -793,7 +814,8 @@ def time_job(bench: Bench, job: Job, image: Path) -> float:
         out: Any = subprocess.PIPE
         if job.to_null:
             out = stack.enter_context(open(os.devnull, "wb")).fileno()
-        return bench.time(lambda: run(argv, cwd=cwd, stdout=out))
+        wall = bench.time(lambda: run(argv, cwd=cwd, stdout=out))
+        return float(Path(job.reports).read_text()) if job.reports else wall
 
 
 def sha256_is(want: str) -> Callable[[bytes], tuple[bool, str]]:
@@ -813,6 +835,7 @@ def ntfs_jobs(img: Any, manifest: dict[str, dict[str, Any]], parts: list[str]) -
     jobs: list[Job] = []
     if "big" in parts:
         volume = NtfsVolume(LocalSource(image))
+        report_file = Path(tempfile.gettempdir()) / f"vcbfs-bench-api-{os.getpid()}.txt"
         for rel in (img.big_file, TINY_FILE):
             inode = volume.lookup(rel)
             if inode != manifest[rel]["ino"]:
@@ -824,6 +847,13 @@ def ntfs_jobs(img: Any, manifest: dict[str, dict[str, Any]], parts: list[str]) -
                     tool="vcbfs",
                     argv=[vcbfs, "disk", "cat", image, rel],
                     shown=f"vcbfs disk cat IMG {rel}",
+                    **common,
+                ),
+                Job(
+                    tool="vcbfs API",
+                    argv=[venv_python(), "-c", APICAT, image, rel, str(report_file)],
+                    shown="API: open volume, lookup, copy out",
+                    reports=str(report_file),
                     **common,
                 ),
                 Job(
@@ -954,6 +984,9 @@ def run_ntfs(args: argparse.Namespace) -> int:
             t = time_job(bench, job, image)
             job.result.times.append(t)
             log(f"{job.scope} {job.tool} run {rep + 1}: {t:.2f} s")
+    for job in jobs:
+        if job.reports:
+            Path(job.reports).unlink(missing_ok=True)
 
     files = sum(1 for v in manifest.values() if v["type"] == "file")
     dirs = sum(1 for v in manifest.values() if v["type"] == "dir")
