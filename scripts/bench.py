@@ -39,7 +39,6 @@ import os
 import platform
 import random
 import re
-import secrets
 import shutil
 import signal
 import stat
@@ -1973,22 +1972,14 @@ def run_vsphere(args: argparse.Namespace) -> int:
     disk_dir = cached_build("vsphere", dataclasses.asdict(recipe), build_big_disk(recipe))
     facts = json.loads((disk_dir / "facts.json").read_text())
     tests_importable()
-    from tests.vsphere.simulator import Vcsim, build_vcsim, make_cert
+    from tests.vsphere.simulator import build_vcsim, secured
 
     if not build_vcsim().exists():  # builds the launcher once (about a minute) if need be
         sys.exit("bench: no vcsim launcher")
     work = Path(tempfile.mkdtemp(prefix="vsphere-run-", dir=bench_dir()))
     side: VsphereMount | None = None
     try:
-        certfile, keyfile = make_cert(work / "tls")
-        sim = Vcsim(
-            username="vcbfs",
-            password=secrets.token_urlsafe(12),
-            certfile=certfile,
-            keyfile=keyfile,
-            workdir=work / "vcsim",
-        )
-        with sim:
+        with secured(work) as sim:
             side = VsphereMount(vsphere_env(sim, work), work / "mnt", f"name:{VSPHERE_VM}")
             return vsphere_bench(args, sim, side, disk_dir, facts, started)
     finally:

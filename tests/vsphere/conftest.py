@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -12,7 +11,7 @@ import pytest
 
 from tests.fs.vmfixture import TestVm, build_test_vm
 from tests.ntfs.ntfsimages import NtfsImage
-from tests.vsphere.simulator import Vcsim, VmInfo, add_vm, make_cert
+from tests.vsphere.simulator import Vcsim, VmInfo, add_vm, secured
 from tests.windows.hives import build_system_hive
 
 DEMO_VM = "win-demo"
@@ -35,15 +34,7 @@ def vcsim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Vcsim]:
     Tests must not change what other tests see: add their own VMs (``add_vm``) rather than
     reconfigure shared ones, and remove the snapshots they take.
     """
-    root = tmp_path_factory.mktemp("vcsim")
-    certfile, keyfile = make_cert(root / "tls")
-    sim = Vcsim(
-        username="vcbfs",
-        password=secrets.token_urlsafe(12),
-        certfile=certfile,
-        keyfile=keyfile,
-        workdir=root / "run",  # kept by pytest: holds the simulator's stderr log
-    )
+    sim = secured(tmp_path_factory.mktemp("vcsim"))  # pytest keeps its stderr log
     sim.start()
     try:
         yield sim

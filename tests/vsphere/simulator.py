@@ -429,6 +429,20 @@ class Vcsim:
             raise VcsimError(f"no datastore {name!r} (have {sorted(self._datastores)})") from None
 
 
+def secured(root: Path, *, username: str = "vcbfs", **options: Any) -> Vcsim:
+    """A simulator (not started) with a strong certificate made in ``root/tls``, one user with a
+    random password, and its work directory (stderr log, datastores) in ``root/run``."""
+    certfile, keyfile = make_cert(root / "tls")
+    return Vcsim(
+        username=username,
+        password=secrets.token_urlsafe(12),
+        certfile=certfile,
+        keyfile=keyfile,
+        workdir=root / "run",
+        **options,
+    )
+
+
 # -- PropertyCollector and tasks ----------------------------------------------------------------
 
 

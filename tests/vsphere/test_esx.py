@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,23 +11,14 @@ import pytest
 
 from tests.fs.vmfixture import SYS_FILES
 from tests.vsphere.conftest import VsphereVm
-from tests.vsphere.simulator import Vcsim, add_vm, make_cert
+from tests.vsphere.simulator import Vcsim, add_vm, secured
 from tests.vsphere.test_vsphere import _ours, vcbfs
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="no /dev/fuse")
 
 
 def _start(root: Path, **kw: object) -> Vcsim:
-    cert, key = make_cert(root / "tls")
-    sim = Vcsim(
-        username="root",
-        password=secrets.token_urlsafe(12),
-        certfile=cert,
-        keyfile=key,
-        workdir=root / "run",
-        **kw,  # type: ignore[arg-type]
-    )
-    return sim.start()
+    return secured(root, username="root", **kw).start()
 
 
 def _env(sim: Vcsim, tmp_path: Path) -> dict[str, str]:
