@@ -96,3 +96,16 @@ def test_take_release_and_cleanup(
     with vcsim.session() as si:
         left = [s.name for s in list_snapshots(si, managed(si, info.moref))]
     assert left == ["vcbfs-backup lookalike"]
+
+
+def test_the_simulators_own_certificate(tmp_path: Path) -> None:
+    """vcsim's built-in certificate (1024-bit RSA): refused by default, accepted once pinned."""
+    with Vcsim(username="u", password="p", workdir=tmp_path) as sim:
+        with pytest.raises(AccessDeniedError, match="not trusted") as refused:
+            Session(sim.host, "u", "p", port=sim.port)
+        assert sim.thumbprint_sha256 in str(refused.value)  # shown, ready to pin
+        pinned = Session(sim.host, "u", "p", port=sim.port, thumbprint=sim.thumbprint_sha256)
+        try:
+            assert len(list_vms(pinned)) == 4
+        finally:
+            pinned.close()
