@@ -11,6 +11,7 @@ from tests.vsphere.conftest import DEMO_IP, DEMO_VM, VsphereVm
 from tests.vsphere.simulator import Vcsim, add_vm, create_snapshot, list_snapshots, managed
 from vcbfs.errors import AccessDeniedError
 from vcbfs.vsphere import session as session_mod
+from vcbfs.vsphere.datastore import Datastores
 from vcbfs.vsphere.inventory import NameCache, VmInfo, find_vms, list_vms, parse_spec, select
 from vcbfs.vsphere.session import LoginError, Session
 from vcbfs.vsphere.snapshots import Journal, cleanup, release, take
@@ -105,7 +106,11 @@ def test_the_simulators_own_certificate(tmp_path: Path) -> None:
             Session(sim.host, "u", "p", port=sim.port)
         assert sim.thumbprint_sha256 in str(refused.value)  # shown, ready to pin
         pinned = Session(sim.host, "u", "p", port=sim.port, thumbprint=sim.thumbprint_sha256)
+        datastores = Datastores(pinned)
         try:
-            assert len(list_vms(pinned)) == 4
+            vms = list_vms(pinned)
+            assert len(vms) == 4
+            assert datastores.read_small(vms[0].vmx_path) == b""  # HTTPS pinned too (empty .vmx)
         finally:
+            datastores.close()
             pinned.close()
