@@ -23,7 +23,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 
 from vcbfs.blocks.lru import LRU
-from vcbfs.blocks.source import Buffer, ByteSource, Location, Span
+from vcbfs.blocks.source import Buffer, ByteSource, Location, Span, assemble
 
 __all__ = ["CachedLocation", "CachedSource"]
 
@@ -102,7 +102,7 @@ class CachedSource(ByteSource):
             self._count()
             return self.base.read_at(offset, n)
         first, last = offset // bs, (offset + n - 1) // bs
-        return bytes(_assemble(self._get_blocks(first, last), offset - first * bs, n))
+        return bytes(assemble(self._get_blocks(first, last), offset - first * bs, n))
 
     def _try_read(self, offset: int, n: int) -> Buffer | None:
         """The bytes if every block is cached; the stream table advances as ``_read``'s does."""
@@ -119,7 +119,7 @@ class CachedSource(ByteSource):
         window = self._window(first, last)
         if self.background:
             self._run_ahead(last, window)
-        return _assemble(blocks, offset - first * bs, n)
+        return assemble(blocks, offset - first * bs, n)
 
     def _window(self, first: int, last: int) -> int:
         """Readahead in blocks for a read of ``first..last``; updates the stream table."""
@@ -244,18 +244,6 @@ class CachedSource(ByteSource):
     def close(self) -> None:
         self._blocks.clear()
         self.base.close()
-
-
-def _assemble(blocks: list[Buffer], start: int, n: int) -> Buffer:
-    """``n`` bytes from ``start`` in the blocks, laid end to end: one copy at most."""
-    if len(blocks) == 1:
-        return memoryview(blocks[0])[start : start + n]
-    parts = [memoryview(b) for b in blocks]
-    parts[0] = parts[0][start:]
-    excess = sum(len(p) for p in parts) - n
-    if excess > 0:
-        parts[-1] = parts[-1][: len(parts[-1]) - excess]
-    return b"".join(parts)
 
 
 class CachedLocation(Location):

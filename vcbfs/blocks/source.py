@@ -27,6 +27,7 @@ __all__ = [
     "SliceSource",
     "Span",
     "ZeroSource",
+    "assemble",
     "coalesce",
     "read_exact",
     "zeros",
@@ -156,6 +157,22 @@ class Location(ABC):
 
     def __str__(self) -> str:
         return self.name
+
+
+def assemble(parts: list[Buffer], start: int, n: int) -> Buffer:
+    """``n`` bytes from ``start`` in ``parts`` laid end to end, copied once at most (a single
+    part gives a view of it)."""
+    if len(parts) == 1:
+        part = parts[0]
+        if start == 0 and len(part) == n:
+            return part
+        return memoryview(part)[start : start + n]
+    views = [memoryview(p) for p in parts]
+    views[0] = views[0][start:]
+    excess = sum(len(v) for v in views) - n
+    if excess > 0:
+        views[-1] = views[-1][: len(views[-1]) - excess]
+    return b"".join(views)
 
 
 def read_exact(source: ByteSource, offset: int, n: int, what: str) -> bytes:

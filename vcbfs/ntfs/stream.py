@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 from vcbfs.blocks.lru import LRU
-from vcbfs.blocks.source import Buffer, ByteSource, Span, coalesce, zeros
+from vcbfs.blocks.source import Buffer, ByteSource, Span, assemble, coalesce, zeros
 from vcbfs.errors import CorruptError, UnsupportedError
 from vcbfs.ntfs.attributes import Attribute
 from vcbfs.ntfs.lznt1 import decompress_unit
@@ -115,26 +115,7 @@ class AttributeStream(ByteSource):
 
     def _try_plain(self, offset: int, end: int) -> Buffer | None:
         """``_read_plain`` from holes and data at hand; None if some run would have to wait."""
-        cs = self.cluster_size
-        first = offset // cs
-        count = (end - 1) // cs - first + 1
-        parts: list[Buffer] = []
-        for _vcn, length, lcn in self.map.iter_range(first, count):
-            nbytes = length * cs
-            if lcn is None:
-                parts.append(zeros(nbytes))
-                continue
-            chunk = self.volume.try_read_at(lcn * cs, nbytes)
-            if chunk is None or len(chunk) != nbytes:
-                return None  # read_at waits for it, or reports the run past the volume's end
-            parts.append(chunk)
-        skip = offset - first * cs
-        if len(parts) == 1:
-            data = parts[0]
-            if skip == 0 and len(data) == end - offset:
-                return data
-            return memoryview(data)[skip : skip + end - offset]
-        return b"".join(parts)[skip : skip + end - offset]
+        return self._plain(offset, end, wait=False)
 
     def _try_units(self, offset: int, end: int) -> Buffer | None:
         """``_read_units`` when every unit it needs is already in the unit cache."""
@@ -150,6 +131,13 @@ class AttributeStream(ByteSource):
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def _read_plain(self, offset: int, end: int) -> bytes:
+        data = self._plain(offset, end, wait=True)
+        assert data is not None
+        return bytes(data)
+
+    def _plain(self, offset: int, end: int, *, wait: bool) -> Buffer | None:
+        """The bytes of the runs (holes as zeros); without ``wait``, None if a run is not at
+        hand or lies past the volume's end (``read_at`` then waits, or reports it)."""
         cs = self.cluster_size
         first = offset // cs
         count = (end - 1) // cs - first + 1
@@ -158,16 +146,17 @@ class AttributeStream(ByteSource):
             nbytes = length * cs
             if lcn is None:
                 parts.append(zeros(nbytes))
-            else:
-                chunk = self.volume.read_at(lcn * cs, nbytes)
-                if len(chunk) != nbytes:
-                    raise CorruptError(
-                        f"run at cluster {lcn} lies past the volume's end", source=self.name
-                    )
-                parts.append(chunk)
-        data = b"".join(parts)
-        skip = offset - first * cs
-        return data[skip : skip + end - offset]
+                continue
+            at = lcn * cs
+            chunk = self.volume.read_at(at, nbytes) if wait else self.volume.try_read_at(at, nbytes)
+            if chunk is None or len(chunk) != nbytes:
+                if not wait:
+                    return None
+                raise CorruptError(
+                    f"run at cluster {lcn} lies past the volume's end", source=self.name
+                )
+            parts.append(chunk)
+        return assemble(parts, offset - first * cs, end - offset)
 
     def _read_units(self, offset: int, end: int) -> bytes:
         unit = self.unit
