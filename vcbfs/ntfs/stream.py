@@ -119,16 +119,7 @@ class AttributeStream(ByteSource):
 
     def _try_units(self, offset: int, end: int) -> Buffer | None:
         """``_read_units`` when every unit it needs is already in the unit cache."""
-        unit = self.unit
-        parts: list[Buffer] = []
-        for u in range(offset // unit, (end - 1) // unit + 1):
-            data = self._units.get(u)
-            if data is None:
-                return None
-            lo = max(offset - u * unit, 0)
-            hi = min(end - u * unit, unit)
-            parts.append(memoryview(data)[lo:hi])
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+        return self._units_at(offset, end, wait=False)
 
     def _read_plain(self, offset: int, end: int) -> bytes:
         data = self._plain(offset, end, wait=True)
@@ -159,14 +150,21 @@ class AttributeStream(ByteSource):
         return assemble(parts, offset - first * cs, end - offset)
 
     def _read_units(self, offset: int, end: int) -> bytes:
+        data = self._units_at(offset, end, wait=True)
+        assert data is not None
+        return bytes(data)
+
+    def _units_at(self, offset: int, end: int, *, wait: bool) -> Buffer | None:
+        """The decompressed units' bytes; without ``wait``, None unless all are cached."""
         unit = self.unit
-        parts = []
-        for u in range(offset // unit, (end - 1) // unit + 1):
-            data = self._unit(u)
-            lo = max(offset - u * unit, 0)
-            hi = min(end - u * unit, unit)
-            parts.append(data[lo:hi])
-        return b"".join(parts)
+        first = offset // unit
+        parts: list[Buffer] = []
+        for u in range(first, (end - 1) // unit + 1):
+            data = self._unit(u) if wait else self._units.get(u)
+            if data is None:
+                return None
+            parts.append(data)
+        return assemble(parts, offset - first * unit, end - offset)
 
     def _unit(self, u: int) -> bytes:
         cached = self._units.get(u)
