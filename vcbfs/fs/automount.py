@@ -163,19 +163,26 @@ class VmFolder:
         vm = self._by_name.get(dirname)
         if vm is None:
             raise NotFoundError("no such VM in this mount", source=dirname)
-        if vm.holds and not force:
-            raise BusyError(
-                f"{vm.holds} open file(s) or folder(s) inside; close them first", source=dirname
-            )
-        return self._close(vm)
+        with vm.lock:  # checked and detached at once: nothing opens in between
+            if vm.holds and not force:
+                raise BusyError(
+                    f"{vm.holds} open file(s) or folder(s) inside; close them first",
+                    source=dirname,
+                )
+            tree = self._detach(vm)
+        return self._release(vm, tree)
 
-    def _close(self, vm: _Vm) -> bool:
-        with vm.lock:
-            tree, vm.tree = vm.tree, None
-            with self._lock:
-                self._epochs.pop(vm.epoch, None)
-            vm.epoch = 0
-            vm.holds = 0
+    def _detach(self, vm: _Vm) -> Tree | None:
+        """Take the VM's tree away from new users; the caller holds ``vm.lock``."""
+        tree, vm.tree = vm.tree, None
+        with self._lock:
+            self._epochs.pop(vm.epoch, None)
+        vm.epoch = 0
+        vm.holds = 0
+        return tree
+
+    def _release(self, vm: _Vm, tree: Tree | None) -> bool:
+        """Close a detached tree (release the snapshot), outside the VM's lock."""
         if tree is None:
             return False
         try:
@@ -192,36 +199,51 @@ class VmFolder:
         now = time.monotonic() if now is None else now
         done = []
         for vm in list(self._by_ino.values()):
-            if vm.tree is not None and not vm.holds and now - vm.last_used >= self.idle:
-                if vm.lock.locked():
-                    continue  # being opened or used right now
-                if self._close(vm):
-                    done.append(vm.dirname)
+            if vm.tree is None or not vm.lock.acquire(blocking=False):
+                continue  # not open, or being opened or used right now
+            try:
+                idle = not vm.holds and now - vm.last_used >= self.idle
+                tree = self._detach(vm) if idle else None
+            finally:
+                vm.lock.release()
+            if self._release(vm, tree):
+                done.append(vm.dirname)
         return done
 
     def close(self) -> None:
         """Release every open VM, then the provider."""
         self._closed = True
         for vm in list(self._by_ino.values()):
-            self._close(vm)
+            with vm.lock:
+                tree = self._detach(vm)
+            self._release(vm, tree)
         self.provider.close()
 
     # -- inode numbers ---------------------------------------------------------------------
 
+    def _inside(self, ino: int) -> tuple[_Vm, Tree, int] | None:
+        """The VM, tree and tree inode of an inode inside an open VM; None if its snapshot has
+        been released."""
+        epoch = (ino >> EPOCH_SHIFT) & EPOCH_MASK
+        vm = self._epochs.get(epoch)
+        tree = vm.tree if vm is not None else None
+        if vm is None or tree is None or vm.epoch != epoch:
+            return None
+        return vm, tree, ino & ~(EPOCH_MASK << EPOCH_SHIFT)
+
     def _split(self, ino: int) -> tuple[_Vm, Tree, int] | None:
-        """The VM, its tree and the tree's inode for ``ino``; None for the root."""
+        """The VM, its tree and the tree's inode for ``ino`` (opening the VM for its own
+        directory); None for the root."""
         if ino == ROOT_INO:
             return None
         vm = self._by_ino.get(ino)
         if vm is not None:
             return vm, self._open(vm), ROOT_INO
-        epoch = (ino >> EPOCH_SHIFT) & EPOCH_MASK
-        vm = self._epochs.get(epoch)
-        tree = vm.tree if vm is not None else None
-        if vm is None or tree is None or vm.epoch != epoch:
+        found = self._inside(ino)
+        if found is None:
             raise StaleError(f"inode {ino} belongs to a released snapshot")
-        vm.last_used = time.monotonic()
-        return vm, tree, ino & ~(EPOCH_MASK << EPOCH_SHIFT)
+        found[0].last_used = time.monotonic()
+        return found
 
     @staticmethod
     def _outer(vm: _Vm, attr: Attr) -> Attr:
@@ -266,14 +288,8 @@ class VmFolder:
 
     def try_open(self, ino: int) -> ByteSource | None:
         """``open`` of an open VM's file when that needs no disk read; else None."""
-        if ino == ROOT_INO or ino in self._by_ino:
-            return None
-        epoch = (ino >> EPOCH_SHIFT) & EPOCH_MASK
-        vm = self._epochs.get(epoch)
-        tree = vm.tree if vm is not None else None
-        if vm is None or tree is None or vm.epoch != epoch:
-            return None  # the thread path says why
-        return tree.try_open(ino & ~(EPOCH_MASK << EPOCH_SHIFT))
+        found = None if ino == ROOT_INO or ino in self._by_ino else self._inside(ino)
+        return found[1].try_open(found[2]) if found else None  # else the thread path says why
 
     def readlink(self, ino: int) -> str:
         found = self._split(ino)
@@ -281,12 +297,16 @@ class VmFolder:
             raise NotFoundError("the root is not a link")
         return found[1].readlink(found[2])
 
+    def _xattr_owner(self, ino: int) -> tuple[_Vm, Tree, int] | None:
+        """The root and the VM directories have no xattrs (and asking takes no snapshot)."""
+        return None if ino == ROOT_INO or ino in self._by_ino else self._split(ino)
+
     def listxattr(self, ino: int) -> list[str]:
-        found = self._split(ino) if ino != ROOT_INO and ino not in self._by_ino else None
+        found = self._xattr_owner(ino)
         return found[1].listxattr(found[2]) if found else []
 
     def getxattr(self, ino: int, name: str) -> bytes:
-        found = self._split(ino) if ino != ROOT_INO and ino not in self._by_ino else None
+        found = self._xattr_owner(ino)
         if not found:
             raise NotFoundError(f"no xattr {name!r}")
         return found[1].getxattr(found[2], name)

@@ -154,7 +154,9 @@ class Operations(pyfuse3.Operations):
         if flags & WRITE_FLAGS:
             raise pyfuse3.FUSEError(errno.EROFS)
         # A file whose record the lookup just parsed opens right here, without a thread hop.
-        source = self.tree.try_open(inode) or await self._run(self.tree.open, inode)
+        source = self.tree.try_open(inode)
+        if source is None:
+            source = await self._run(self.tree.open, inode)
         fh = next(self._handles)
         self._files[fh] = (source, self.tree.hold(inode))
         return pyfuse3.FileInfo(fh=fh, keep_cache=True, direct_io=False)

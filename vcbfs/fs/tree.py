@@ -172,23 +172,22 @@ class Tree:
 
         digits, letters = self._dir("digits"), self._dir("letters")
         views: dict[int, _View] = {}
-        volumes = self.image.volumes()
-        for vol in volumes:
+
+        def add(parent: _Synthetic, name: str, path: str, vol: Volume) -> bool:
             key = len(views) + 1
             if key >= MAX_VIEWS:
-                self.image.note(
-                    f"more than {MAX_VIEWS - 1} volumes: volume {vol.number}: not shown"
-                )
+                self.image.note(f"more than {MAX_VIEWS - 1} views: {path} is not shown")
+                return False
+            views[key] = _View(key, path, vol)
+            self._link(parent, self._add((key << VIEW_SHIFT) | NTFS_ROOT, name))
+            return True
+
+        for vol in self.image.volumes():
+            if not add(digits, str(vol.number), f"digits/{vol.number}", vol):
                 break
-            views[key] = _View(key, f"digits/{vol.number}", vol)
-            self._link(digits, self._add((key << VIEW_SHIFT) | NTFS_ROOT, str(vol.number)))
         for letter, vol in sorted(volume_letters(self.image).items()):
-            key = len(views) + 1
-            if key >= MAX_VIEWS:
-                self.image.note(f"more than {MAX_VIEWS - 1} volumes: letter {letter}: not shown")
+            if not add(letters, letter, f"letters/{letter}", vol):
                 break
-            views[key] = _View(key, f"letters/{letter}", vol)
-            self._link(letters, self._add((key << VIEW_SHIFT) | NTFS_ROOT, letter))
         self._views = views
 
     def close(self) -> None:
