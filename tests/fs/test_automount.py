@@ -166,3 +166,20 @@ def test_automount_folder(automount: Path, test_vm: TestVm) -> None:
 def test_release_needs_an_automount(tmp_path: Path) -> None:
     done = vcbfs("release", str(tmp_path / "vm"), check=False)
     assert done.returncode == 1 and "not a vcbfs automount" in done.stderr
+
+
+def test_directory_names_are_unique_and_safe() -> None:
+    from vcbfs.vm.provider import directory_names
+
+    entries = [
+        VmEntry("/a/vm.vmx", "vm"),
+        VmEntry("/b/vm.vmx", "vm"),  # same name, same key base name
+        VmEntry("vm-7", "VM"),  # the same name in another case
+        VmEntry("vm-8", "a/b"),
+        VmEntry("vm-9", ".."),
+    ]
+    names = directory_names(entries)
+    assert len(names) == len(entries)
+    assert set(names.values()) == set(entries)
+    assert "a%2fb" in names and "vm-vm-9" in names
+    assert all("/" not in n and n not in (".", "..") for n in names)

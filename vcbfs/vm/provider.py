@@ -41,7 +41,8 @@ class VmProvider(ABC):
 
 
 def directory_names(entries: Iterable[VmEntry]) -> dict[str, VmEntry]:
-    """A directory name per VM: '/' and NUL escaped, duplicate names told apart by key."""
+    """A directory name per VM: '%', '/' and NUL escaped; VMs sharing a name (in any case)
+    are told apart by their key, and by a number if even that repeats."""
     entries = list(entries)
     counts: dict[str, int] = {}
     for e in entries:
@@ -50,10 +51,14 @@ def directory_names(entries: Iterable[VmEntry]) -> dict[str, VmEntry]:
     for e in entries:
         name = e.name.replace("%", "%25").replace("/", "%2f").replace("\0", "%00")
         if name in ("", ".", ".."):
-            name = f"vm-{e.key}"
+            name = f"vm-{os.path.basename(e.key)}"
         if counts[e.name.lower()] > 1:
             name = f"{name} ({os.path.basename(e.key)})"
-        out[name] = e
+        unique, n = name, 1
+        while unique in out:
+            n += 1
+            unique = f"{name} {n}"
+        out[unique] = e
     return out
 
 
