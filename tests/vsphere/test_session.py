@@ -12,9 +12,10 @@ from tests.vsphere.simulator import Vcsim, add_vm, create_snapshot, list_snapsho
 from vcbfs.errors import AccessDeniedError
 from vcbfs.vsphere import session as session_mod
 from vcbfs.vsphere.datastore import Datastores
-from vcbfs.vsphere.inventory import NameCache, VmInfo, find_vms, list_vms, parse_spec, select
+from vcbfs.vsphere.inventory import NameCache, VmInfo, find_vms, list_vms, select
 from vcbfs.vsphere.session import LoginError, Session
 from vcbfs.vsphere.snapshots import Journal, cleanup, release, take
+from vcbfs.vsphere.spec import parse_spec
 
 
 @pytest.fixture

@@ -14,8 +14,16 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vcbfs.errors import NotFoundError, VcbfsError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from vcbfs.config import Settings
+    from vcbfs.fs.automount import VmFolder
+    from vcbfs.fs.tree import Tree
 
 __all__ = ["register"]
 
@@ -125,8 +133,13 @@ def _pidfile(mountpoint: str) -> Path:
     return RUN_DIR / f"mount-{mount_key(mountpoint)}.pid"
 
 
+def control_path(mountpoint: str) -> Path:
+    """The automount server's control socket (``vcbfs release`` talks to it)."""
+    return RUN_DIR / f"mount-{mount_key(mountpoint)}.sock"
+
+
 def _is_spec(text: str) -> bool:
-    from vcbfs.vsphere.inventory import KINDS
+    from vcbfs.vsphere.spec import KINDS
 
     kind, colon, _ = text.partition(":")
     return bool(colon) and kind.lower() in KINDS and not os.path.exists(text)
@@ -159,9 +172,11 @@ def run_mount(args: argparse.Namespace) -> int:
     def start(ready: object) -> None:
         from vcbfs.fs.mount import fuse_options, serve
 
-        closers: list[object] = []
+        closers: list[Callable[[], object]] = []
+        model: Tree | VmFolder
         if vsphere:
-            model = _vsphere_model(args, settings, source, float(idle), modes, closers)  # type: ignore[arg-type]
+            assert settings is not None
+            model = _vsphere_model(args, settings, source, float(idle), modes, closers)
         else:
             model = _local_model(source, args.automount, float(idle), modes)
         serve(
@@ -171,10 +186,8 @@ def run_mount(args: argparse.Namespace) -> int:
             uid=int(opts["uid"]),  # type: ignore[call-overload]
             gid=int(opts["gid"]),  # type: ignore[call-overload]
             ready=ready,  # type: ignore[arg-type]
-            control=str(RUN_DIR / f"mount-{mount_key(mountpoint)}.sock")
-            if args.automount
-            else None,
-            cleanup=lambda: [c() for c in reversed(closers)],  # type: ignore[operator]
+            control=str(control_path(mountpoint)) if args.automount else None,
+            cleanup=lambda: [c() for c in reversed(closers)],
         )
 
     if args.foreground:
@@ -275,7 +288,9 @@ def run_umount(args: argparse.Namespace) -> int:
     return 0
 
 
-def _local_model(source: str, automount: bool, idle: float, modes: dict[str, int]) -> object:
+def _local_model(
+    source: str, automount: bool, idle: float, modes: dict[str, int]
+) -> Tree | VmFolder:
     from vcbfs.fs.automount import VmFolder
     from vcbfs.fs.tree import Tree
     from vcbfs.vm.local import open_local_vm
@@ -289,12 +304,12 @@ def _local_model(source: str, automount: bool, idle: float, modes: dict[str, int
 
 def _vsphere_model(
     args: argparse.Namespace,
-    settings: object,
+    settings: Settings,
     spec_text: str,
     idle: float,
     modes: dict[str, int],
-    closers: list[object],
-) -> object:
+    closers: list[Callable[[], object]],
+) -> Tree | VmFolder:
     """Connect, clean up after any crash, then snapshot (now, or on first use)."""
     import logging
 
@@ -302,30 +317,31 @@ def _vsphere_model(
     from vcbfs.fs.automount import VmFolder
     from vcbfs.fs.tree import Tree
     from vcbfs.vsphere.datastore import Datastores
-    from vcbfs.vsphere.inventory import NameCache, parse_spec
+    from vcbfs.vsphere.inventory import NameCache
     from vcbfs.vsphere.provider import VsphereProvider
     from vcbfs.vsphere.snapshots import Journal, cleanup
+    from vcbfs.vsphere.spec import parse_spec
 
     log = logging.getLogger("vcbfs.mount")
     spec = parse_spec(spec_text)
-    session = connect(settings)  # type: ignore[arg-type]
+    session = connect(settings)
     closers.append(session.close)
     try:
-        journal = Journal(settings.journal_dir)  # type: ignore[attr-defined]
+        journal = Journal(settings.journal_dir)
         for action in cleanup(session, journal):
             log.warning("startup cleanup: %s", action)
         datastores = Datastores(
             session,
-            local=[(n, str(p)) for n, p in settings.datastore_paths],  # type: ignore[attr-defined]
-            transports=settings.transports,  # type: ignore[attr-defined]
+            local=[(n, str(p)) for n, p in settings.datastore_paths],
+            transports=settings.transports,
         )
         provider = VsphereProvider(
             session,
             datastores,
             journal,
             spec,
-            cache=NameCache(settings.vm_name_cache),  # type: ignore[attr-defined]
-            quiesce=settings.quiesce,  # type: ignore[attr-defined]
+            cache=NameCache(settings.vm_name_cache),
+            quiesce=settings.quiesce,
         )
         now = time.time_ns()
         if args.automount:

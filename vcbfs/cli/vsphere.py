@@ -103,7 +103,8 @@ def register(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def run_ls(args: argparse.Namespace) -> int:
-    from vcbfs.vsphere.inventory import NameCache, as_json, find_vms, parse_spec
+    from vcbfs.vsphere.inventory import NameCache, as_json, find_vms
+    from vcbfs.vsphere.spec import parse_spec
 
     spec = parse_spec(args.spec)
     settings = settings_from_args(args)
@@ -133,19 +134,15 @@ def run_cleanup(args: argparse.Namespace) -> int:
     return 1 if any(a.error for a in actions) else 0
 
 
-def control_path(mountpoint: str) -> str:
-    from vcbfs.cli.mount import RUN_DIR, mount_key
-
-    return str(RUN_DIR / f"mount-{mount_key(mountpoint)}.sock")
-
-
 def run_release(args: argparse.Namespace) -> int:
     import json
     import socket
 
     path = os.path.abspath(args.path.rstrip("/"))
     mountpoint, name = os.path.dirname(path), os.path.basename(path)
-    sock_path = control_path(mountpoint)
+    from vcbfs.cli.mount import control_path
+
+    sock_path = str(control_path(mountpoint))
     request = json.dumps({"release": name, "force": args.force}).encode() + b"\n"
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:

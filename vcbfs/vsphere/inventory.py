@@ -23,19 +23,11 @@ from typing import Any
 
 from pyVmomi import vim
 
-from vcbfs.errors import NotFoundError, VcbfsError
+from vcbfs.errors import NotFoundError
 from vcbfs.vsphere.session import Session
+from vcbfs.vsphere.spec import Spec
 
-__all__ = [
-    "NameCache",
-    "Spec",
-    "SpecError",
-    "VmInfo",
-    "find_vms",
-    "list_vms",
-    "parse_spec",
-    "select",
-]
+__all__ = ["NameCache", "VmInfo", "as_json", "find_vms", "list_vms", "select"]
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +43,6 @@ PROPS = (
     "summary.config.vmPathName",
 )
 POWER = {"poweredOn": "on", "poweredOff": "off", "suspended": "suspended"}
-KINDS = ("name", "ipaddr", "uuid", "moref", "powerstate", "any", "none")
-
-
-class SpecError(VcbfsError, ValueError):
-    """A search specifier vcbfs does not understand."""
 
 
 @dataclass(frozen=True)
@@ -118,32 +105,6 @@ def list_vms(session: Session, *, templates: bool = False) -> list[VmInfo]:
         )
     vms.sort(key=lambda vm: (vm.name.lower(), vm.moref))
     return vms
-
-
-@dataclass(frozen=True)
-class Spec:
-    kind: str
-    value: str
-
-    def __str__(self) -> str:
-        return f"{self.kind}:{self.value}"
-
-
-def parse_spec(text: str) -> Spec:
-    """``kind:value`` as VCB wrote it; the kind is case-insensitive."""
-    kind, colon, value = text.partition(":")
-    kind = kind.strip().lower()
-    if not colon or kind not in KINDS:
-        raise SpecError(
-            f"bad VM specifier {text!r}: use name:, ipaddr:, uuid:, moref:, "
-            "powerstate:on|off|suspended, any: or none:"
-        )
-    value = value.strip()
-    if kind == "powerstate" and value.lower() not in ("on", "off", "suspended"):
-        raise SpecError(f"bad power state {value!r}: use on, off or suspended")
-    if kind in ("name", "ipaddr", "uuid", "moref") and not value:
-        raise SpecError(f"{kind}: needs a value")
-    return Spec(kind, value)
 
 
 def _is_ip(text: str) -> bool:

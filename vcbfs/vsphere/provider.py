@@ -25,9 +25,10 @@ from vcbfs.vm.image import Disk, VmImage
 from vcbfs.vm.local import disk_name
 from vcbfs.vm.provider import VmEntry, VmProvider
 from vcbfs.vsphere.datastore import Datastores, parse_ds_path
-from vcbfs.vsphere.inventory import NameCache, Spec, VmInfo, find_vms
+from vcbfs.vsphere.inventory import NameCache, VmInfo, find_vms
 from vcbfs.vsphere.session import Session
 from vcbfs.vsphere.snapshots import Journal, Snapshot, release, take
+from vcbfs.vsphere.spec import Spec
 
 __all__ = ["VsphereProvider"]
 
