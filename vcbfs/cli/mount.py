@@ -260,6 +260,8 @@ def run_umount(args: argparse.Namespace) -> int:
     import shutil
     import subprocess
 
+    from vcbfs.process import start_time
+
     mountpoint = args.mountpoint
     pidfile = _pidfile(mountpoint)
     try:  # read before unmounting: the server removes the file as it exits
@@ -278,7 +280,7 @@ def run_umount(args: argparse.Namespace) -> int:
         return 0
     deadline = time.monotonic() + UMOUNT_WAIT
     while time.monotonic() < deadline:
-        if not _running(pid):
+        if not start_time(pid):  # gone, or exited and not yet reaped
             break
         time.sleep(0.05)
     else:
@@ -362,12 +364,3 @@ def _vsphere_model(
     except BaseException:
         session.close()
         raise
-
-
-def _running(pid: int) -> bool:
-    """Whether ``pid`` still runs: a zombie (exited, not yet reaped by init) has finished."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"

@@ -31,6 +31,7 @@ from typing import Any
 from pyVmomi import vim, vmodl
 
 from vcbfs.errors import VsphereError
+from vcbfs.process import boot_id, start_time
 from vcbfs.vsphere.inventory import VmInfo
 from vcbfs.vsphere.session import Session, fault_text
 from vcbfs.vsphere.tasks import TaskError, wait_task
@@ -58,23 +59,6 @@ def proxy_name() -> str:
 # -- the journal -------------------------------------------------------------------------------
 
 
-def _boot_id() -> str:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return ""
-
-
-def _start_time(pid: int) -> str:
-    """A running process's start time in clock ticks since boot (with the PID, who it is);
-    empty if there is no such process or it has exited (a zombie not yet reaped)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()
-    except OSError:
-        return ""
-    return "" if fields[0] in ("Z", "X") else fields[19]
-
-
 @dataclass
 class JournalEntry:
     id: str
@@ -94,9 +78,9 @@ class JournalEntry:
         """Whether the process that took the snapshot is still running (and may hold it)."""
         return (
             self.pid > 0
-            and self.boot == _boot_id()
+            and self.boot == boot_id()
             and bool(self.started)
-            and _start_time(self.pid) == self.started
+            and start_time(self.pid) == self.started
         )
 
 
@@ -193,8 +177,8 @@ def take(session: Session, vm: VmInfo, journal: Journal, *, quiesce: bool = True
         vm_name=vm.name,
         snapshot_name=f"{PREFIX} {proxy} {entry_id}",
         pid=pid,
-        started=_start_time(pid),
-        boot=_boot_id(),
+        started=start_time(pid),
+        boot=boot_id(),
         created=time.time(),
     )
     journal.write(entry)  # before the request: a crash from here on leaves a trace
@@ -302,7 +286,7 @@ def _owner_running(description: str) -> bool:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
-    return b"vcbfs" in cmdline and bool(_start_time(pid))
+    return b"vcbfs" in cmdline and bool(start_time(pid))
 
 
 @dataclass

@@ -1,0 +1,29 @@
+"""Who is running on this machine: process identity from /proc, for ownership checks.
+
+A PID alone is reused; a PID with its start time (and the boot it started in) names one
+process.  An exited process that init has not reaped yet (a zombie) counts as finished.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = ["boot_id", "start_time"]
+
+
+def boot_id() -> str:
+    """This boot's id (empty where /proc does not say)."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def start_time(pid: int) -> str:
+    """A running process's start time in clock ticks since boot; empty if there is no such
+    process or it has exited."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()
+    except OSError:
+        return ""
+    return "" if fields[0] in ("Z", "X") else fields[19]
