@@ -48,7 +48,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -450,20 +450,6 @@ class Vmdkmount(Tool):
         raise RuntimeError(f"cannot unmount {self.mnt}")
 
 
-def parse_kinds(text: str) -> list[str]:
-    kinds = []
-    for word in text.split(","):
-        word = word.strip()
-        kind = ALIASES.get(word.lower(), word.lower())
-        if kind not in KINDS:
-            raise argparse.ArgumentTypeError(
-                f"unknown image kind {word!r} (choose from {', '.join(KINDS)})"
-            )
-        if kind not in kinds:
-            kinds.append(kind)
-    return kinds
-
-
 def positive(text: str) -> int:
     n = int(text)
     if n < 1:
@@ -471,25 +457,62 @@ def positive(text: str) -> int:
     return n
 
 
-def register_disk(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def choice_list(
+    what: str, choices: Sequence[str], aliases: Mapping[str, str] | None = None
+) -> Callable[[str], list[str]]:
+    """An argparse type for ``a,b,c``: known names only, in ``choices`` order."""
+
+    def parse(text: str) -> list[str]:
+        names = []
+        for word in (w.strip() for w in text.split(",")):
+            if not word:
+                continue
+            name = (aliases or {}).get(word.lower(), word.lower())
+            if name not in choices:
+                raise argparse.ArgumentTypeError(
+                    f"unknown {what} {word!r} (choose from {', '.join(choices)})"
+                )
+            names.append(name)
+        return [c for c in choices if c in names]
+
+    return parse
+
+
+def bench_parser(
+    verbs: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    summary: str,
+    doc: str | None,
+    run: Callable[[argparse.Namespace], int],
+    *,
+    repeat_help: str = "runs per command (3)",
+) -> argparse.ArgumentParser:
+    """A subcommand with the options every benchmark has (``--repeat``)."""
     p = verbs.add_parser(
+        name, help=summary, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--repeat", type=positive, default=3, metavar="N", help=repeat_help)
+    p.set_defaults(run=run)
+    return p
+
+
+def register_disk(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = bench_parser(
+        verbs,
         "disk",
-        help="whole-disk reads: vcbfs disk cat vs qemu-img convert vs vmdkmount",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "whole-disk reads: vcbfs disk cat vs qemu-img convert vs vmdkmount",
+        __doc__,
+        run_disk,
+        repeat_help="runs per tool and image (3)",
     )
     p.add_argument("--size-mib", type=positive, default=1024, metavar="N", help="disk size (1024)")
     p.add_argument(
-        "--repeat", type=positive, default=3, metavar="N", help="runs per tool and image (3)"
-    )
-    p.add_argument(
         "--only",
-        type=parse_kinds,
+        type=choice_list("image kind", KINDS, ALIASES),
         default=list(KINDS),
         metavar="KIND[,KIND]",
         help=f"images to read, of {', '.join(KINDS)} (default all)",
     )
-    p.set_defaults(run=run_disk)
 
 
 def run_disk(args: argparse.Namespace) -> int:
@@ -936,27 +959,17 @@ def walk_expect(files: int, nbytes: int, exact: bool) -> Callable[[bytes], tuple
     return expect
 
 
-def parse_parts(text: str) -> list[str]:
-    parts = [w.strip().lower() for w in text.split(",") if w.strip()]
-    for p in parts:
-        if p not in NTFS_PARTS:
-            raise argparse.ArgumentTypeError(
-                f"unknown part {p!r} (choose from {', '.join(NTFS_PARTS)})"
-            )
-    return [p for p in NTFS_PARTS if p in parts]
-
-
 def register_ntfs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = verbs.add_parser(
+    p = bench_parser(
+        verbs,
         "ntfs",
-        help="NTFS volume reads: vcbfs vs sleuthkit icat vs ntfs-3g (big file, tree walk)",
-        description=NTFS_DOC,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "NTFS volume reads: vcbfs vs sleuthkit icat vs ntfs-3g (big file, tree walk)",
+        NTFS_DOC,
+        run_ntfs,
     )
-    p.add_argument("--repeat", type=positive, default=3, metavar="N", help="runs per command (3)")
     p.add_argument(
         "--only",
-        type=parse_parts,
+        type=choice_list("part", NTFS_PARTS),
         default=list(NTFS_PARTS),
         metavar="PART[,PART]",
         help="big (file reads), walk (tree walks); default both",
@@ -964,7 +977,6 @@ def register_ntfs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument(
         "--profile", action="store_true", help="then profile the vcbfs commands with cProfile"
     )
-    p.set_defaults(run=run_ntfs)
 
 
 def run_ntfs(args: argparse.Namespace) -> int:
@@ -1235,16 +1247,6 @@ def mount_tasks(img: Any) -> list[MountTask]:
     ]
 
 
-def parse_mount_tasks(text: str) -> list[str]:
-    names = [w.strip().lower() for w in text.split(",") if w.strip()]
-    for n in names:
-        if n not in MOUNT_TASKS:
-            raise argparse.ArgumentTypeError(
-                f"unknown task {n!r} (choose from {', '.join(MOUNT_TASKS)})"
-            )
-    return [n for n in MOUNT_TASKS if n in names]
-
-
 def is_mounted(path: Path) -> bool:
     """Whether something (a dead FUSE server's mount included) is mounted at ``path``."""
     want = os.path.realpath(path)
@@ -1472,16 +1474,16 @@ def compare_sides(img: Any, checks: dict[str, SideCheck]) -> tuple[list[str], di
 
 
 def register_mount(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = verbs.add_parser(
+    p = bench_parser(
+        verbs,
         "mount",
-        help="the FUSE mount: vcbfs mount of the test VM vs ntfs-3g -o ro of the same volume",
-        description=MOUNT_DOC,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "the FUSE mount: vcbfs mount of the test VM vs ntfs-3g -o ro of the same volume",
+        MOUNT_DOC,
+        run_mount,
     )
-    p.add_argument("--repeat", type=positive, default=3, metavar="N", help="runs per command (3)")
     p.add_argument(
         "--only",
-        type=parse_mount_tasks,
+        type=choice_list("task", MOUNT_TASKS),
         default=list(MOUNT_TASKS),
         metavar="TASK[,TASK]",
         help="open (first access), big (file read), holes (sparse file read), tar (whole "
@@ -1492,7 +1494,6 @@ def register_mount(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -
         action="store_true",
         help="then run each vcbfs command once more with py-spy on the mount's server",
     )
-    p.set_defaults(run=run_mount)
 
 
 def py_spy_command() -> str | None:
@@ -1944,17 +1945,16 @@ class VsphereMount:
 
 
 def register_vsphere(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = verbs.add_parser(
+    p = bench_parser(
+        verbs,
         "vsphere",
-        help="vcbfs mount of a vcsim VM: cat of a big file vs one curl GET; time to first ls",
-        description=VSPHERE_DOC,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "vcbfs mount of a vcsim VM: cat of a big file vs one curl GET; time to first ls",
+        VSPHERE_DOC,
+        run_vsphere,
     )
     p.add_argument(
         "--size-mib", type=positive, default=512, metavar="N", help="the big file's size (512)"
     )
-    p.add_argument("--repeat", type=positive, default=3, metavar="N", help="runs per command (3)")
-    p.set_defaults(run=run_vsphere)
 
 
 @dataclass
