@@ -57,3 +57,31 @@ def test_disk_files_in_controller_order_and_skips() -> None:
     assert len(notes) == 2
     assert "scsi0:2" in notes[0] and "physical-mode RDM" in notes[0]
     assert "scsi0:4" in notes[1] and "independent" in notes[1]
+
+
+def test_datacenter_paths_follow_folders() -> None:
+    """``dcPath`` is the datacenter's inventory path below the root folder."""
+    from vcbfs.vsphere.datastore import Datastores
+
+    root, region, emea = object(), object(), object()
+    dc1, dc2, ds1, ds2 = object(), object(), object(), object()
+    answers = {
+        vim.Folder: [
+            (root, {"name": "Datacenters"}),
+            (region, {"name": "Region", "parent": root}),
+            (emea, {"name": "EMEA", "parent": region}),
+        ],
+        vim.Datastore: [(ds1, {"name": "san-1"}), (ds2, {"name": "local"})],
+        vim.Datacenter: [
+            (dc1, {"name": "DC0", "parent": root, "datastore": [ds2]}),
+            (dc2, {"name": "Paris", "parent": emea, "datastore": [ds1]}),
+        ],
+    }
+
+    class Inventory:  # answers the PropertyCollector queries _datacenters makes
+        def retrieve(self, kind: type, props: list[str]) -> list[tuple[object, dict]]:
+            return answers[kind]
+
+    stores = Datastores.__new__(Datastores)
+    stores.session, stores._dc = Inventory(), None  # type: ignore[assignment]
+    assert stores._datacenters() == {"local": "DC0", "san-1": "Region/EMEA/Paris"}

@@ -78,25 +78,30 @@ class Datastores:
         self.http.close()
 
     def _datacenters(self) -> dict[str, str]:
-        """Datastore name → the inventory path of its datacenter (``dcPath``)."""
+        """Datastore name → the inventory path of its datacenter (``dcPath``).
+
+        Only folders, datacenters and datastores are read: not the (many) VMs and hosts.
+        """
         if self._dc is None:
-            names: dict[Any, tuple[str, Any]] = {}
-            for obj, v in self.session.retrieve(vim.ManagedEntity, ["name", "parent"]):
-                names[obj] = (str(v.get("name", "")), v.get("parent"))
+            retrieve = self.session.retrieve
+            parents: dict[Any, tuple[str, Any]] = {
+                obj: (str(v.get("name", "")), v.get("parent"))
+                for obj, v in retrieve(vim.Folder, ["name", "parent"])
+            }
+            stores = {obj: str(v.get("name", "")) for obj, v in retrieve(vim.Datastore, ["name"])}
             found: dict[str, str] = {}
-            for obj, v in self.session.retrieve(vim.Datacenter, ["name", "datastore"]):
-                parts, node = [], obj
-                for _ in range(64):  # the datacenter's folders, up to the root folder
-                    name, parent = names.get(node, ("", None))
-                    if parent is None:
+            for _dc, v in retrieve(vim.Datacenter, ["name", "parent", "datastore"]):
+                parts, parent = [str(v.get("name", ""))], v.get("parent")
+                for _ in range(64):  # the folders above it, up to the root folder
+                    name, above = parents.get(parent, ("", None))
+                    if above is None:  # the root folder is not part of the path
                         break
                     parts.append(name)
-                    node = parent
-                dc_path = "/".join(reversed(parts)) or str(v.get("name", ""))
+                    parent = above
+                dc_path = "/".join(reversed(parts))
                 for ds in v.get("datastore") or ():
-                    ds_name = names.get(ds, ("", None))[0]
-                    if ds_name:
-                        found.setdefault(ds_name, dc_path)
+                    if stores.get(ds):
+                        found.setdefault(stores[ds], dc_path)
             self._dc = found
         return self._dc
 
