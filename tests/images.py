@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tests.blocks import vmdkgen
 
-__all__ = ["VMDK_KINDS", "build_vmdk_images", "cache_dir", "qemu_raw", "run"]
+__all__ = ["VMDK_KINDS", "build_vmdk_images", "cache_dir", "qemu_raw", "qemu_vmdk", "run"]
 
 MIB = 1 << 20
 BASE_SIZE = 40 * MIB + 7 * 512  # not a multiple of the 64 KiB grain: the last grain is partial
@@ -55,6 +55,12 @@ def cache_dir(name: str) -> Path:
     key = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
     root = Path(os.environ.get("VCBFS_TEST_CACHE", Path.home() / ".cache" / "vcbfs-tests"))
     return root / f"{name}-{key}"
+
+
+def qemu_vmdk(raw: Path, out: Path, subformat: str) -> Path:
+    """``raw`` converted by qemu-img into a VMDK of ``subformat`` at ``out``."""
+    run("qemu-img", "convert", "-O", "vmdk", "-o", f"subformat={subformat}", raw, out)
+    return out
 
 
 def qemu_raw(image: Path, out: Path) -> Path:
@@ -116,7 +122,7 @@ def build_vmdk_images(root: Path) -> dict[str, Path]:
         "streamOptimized",
     ):
         (root / kind).mkdir()
-        run("qemu-img", "convert", "-O", "vmdk", "-o", f"subformat={kind}", base, tops[kind])
+        qemu_vmdk(base, tops[kind], kind)
 
     # ESXi's own layout: a "vmfs" descriptor over a flat file with a name holding spaces.
     d = root / "vmfs"
@@ -132,16 +138,7 @@ def build_vmdk_images(root: Path) -> dict[str, Path]:
     blob = base.read_bytes()
     (d / "part-a.bin").write_bytes(b"\xee" * 1024 + blob[:a])  # data starts 2 sectors in
     (d / "part-s.raw").write_bytes(blob[a:])
-    run(
-        "qemu-img",
-        "convert",
-        "-O",
-        "vmdk",
-        "-o",
-        "subformat=monolithicSparse",
-        d / "part-s.raw",
-        d / "part-s.vmdk",
-    )
+    qemu_vmdk(d / "part-s.raw", d / "part-s.vmdk", "monolithicSparse")
     (d / "part-s.raw").unlink()
     _write_descriptor(
         tops["mixed-extents"],
@@ -159,16 +156,7 @@ def build_vmdk_images(root: Path) -> dict[str, Path]:
     ):
         d = root / kind
         d.mkdir()
-        run(
-            "qemu-img",
-            "convert",
-            "-O",
-            "vmdk",
-            "-o",
-            f"subformat={base_fmt}",
-            base,
-            d / "base.vmdk",
-        )
+        qemu_vmdk(base, d / "base.vmdk", base_fmt)
         run(
             "qemu-img", "create", "-q", "-f", "vmdk", "-b", "base.vmdk", "-F", "vmdk", d / "s1.vmdk"
         )
@@ -244,7 +232,7 @@ def build_vmdk_images(root: Path) -> dict[str, Path]:
         ("big-split-flat", "twoGbMaxExtentFlat"),
     ):
         (root / kind).mkdir()
-        run("qemu-img", "convert", "-O", "vmdk", "-o", f"subformat={sub}", big, tops[kind])
+        qemu_vmdk(big, tops[kind], sub)
     big.unlink()
 
     for top in tops.values():

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.images import run
+from tests.images import qemu_vmdk
 from tests.memsource import MemoryLocation, MemorySource
 from vcbfs.blocks.vmdk.disk import open_disk
 from vcbfs.blocks.vmdk.sparse import SparseExtent, read_sparse_header
@@ -29,16 +29,7 @@ def small(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
     (d / "r.raw").write_bytes(raw)
     out = {"raw": bytes(raw)}
     for kind in ("monolithicSparse", "streamOptimized"):
-        run(
-            "qemu-img",
-            "convert",
-            "-O",
-            "vmdk",
-            "-o",
-            f"subformat={kind}",
-            d / "r.raw",
-            d / f"{kind}.vmdk",
-        )
+        qemu_vmdk(d / "r.raw", d / f"{kind}.vmdk", kind)
         out[kind] = (d / f"{kind}.vmdk").read_bytes()
     return out
 

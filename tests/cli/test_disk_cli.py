@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.blocks.httpserver import FileServer
-from tests.images import run
+from tests.images import qemu_vmdk
 
 MIB = 1 << 20
 
@@ -42,17 +42,7 @@ def partitioned(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bytes]:
         "start=12288, size=8192, type=83\n"
     )
     subprocess.run(["sfdisk", "-q", str(raw)], input=table.encode(), check=True)
-    run(
-        "qemu-img",
-        "convert",
-        "-O",
-        "vmdk",
-        "-o",
-        "subformat=monolithicSparse",
-        raw,
-        d / "disk.vmdk",
-    )
-    return d / "disk.vmdk", raw.read_bytes()
+    return qemu_vmdk(raw, d / "disk.vmdk", "monolithicSparse"), raw.read_bytes()
 
 
 def test_info_json(partitioned: tuple[Path, bytes]) -> None:

@@ -18,7 +18,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.images import cache_dir, run
+from tests.images import cache_dir, qemu_vmdk, run
 from tests.ntfs.ntfsimages import NtfsImage, ntfs3g_mounted
 
 SECTOR = 512
@@ -98,7 +98,7 @@ def build_test_vm(data: NtfsImage, make_hive) -> TestVm:  # type: ignore[no-unty
     with raw.open("r+b") as f, vm.sys_volume.open("rb") as v:
         f.seek(MIB)
         shutil.copyfileobj(v, f)
-    run("qemu-img", "convert", "-O", "vmdk", "-o", "subformat=monolithicSparse", raw, vm.sys_vmdk)
+    qemu_vmdk(raw, vm.sys_vmdk, "monolithicSparse")
     raw.unlink()
 
     # disk 1: GPT around the reference volume, without copying it: head, volume, tail extents
