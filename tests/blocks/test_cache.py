@@ -10,6 +10,7 @@ import time
 import pytest
 
 from tests.memsource import MemorySource
+from tests.together import together
 from vcbfs.blocks.cache import CachedLocation, CachedSource
 from vcbfs.errors import ReadError
 
@@ -88,20 +89,8 @@ def test_concurrent_misses_share_one_fetch() -> None:
 def test_a_failed_fetch_wakes_waiters_and_is_not_cached() -> None:
     base = SlowSource(DATA, delay=0.1, fail=1)
     cache = CachedSource(base, block_size=64 * KIB, capacity=1024 * KIB)
-    outcomes: list[object] = []
-
-    def reader() -> None:
-        try:
-            outcomes.append(cache.read_at(0, 10))
-        except ReadError as exc:
-            outcomes.append(exc)
-
-    threads = [threading.Thread(target=reader) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=10)
-    assert not any(t.is_alive() for t in threads)
+    outcomes = together(lambda: cache.read_at(0, 10), 4, timeout=10)
+    assert all(isinstance(o, bytes | ReadError) for o in outcomes)
     assert sum(isinstance(o, ReadError) for o in outcomes) >= 1
     assert cache.read_at(0, 10) == DATA[:10]
 

@@ -13,6 +13,7 @@ import pytest
 
 from tests.fs.test_mount import vcbfs
 from tests.fs.vmfixture import SYS_FILES, TestVm
+from tests.together import together
 from vcbfs.errors import VcbfsError
 from vcbfs.fs.automount import EPOCH_SHIFT, BusyError, StaleError, VmFolder
 from vcbfs.fs.tree import ROOT_INO
@@ -73,23 +74,9 @@ def test_listing_takes_nothing(folder: tuple[VmFolder, CountingProvider]) -> Non
 def test_concurrent_first_lookups_open_once(folder: tuple[VmFolder, CountingProvider]) -> None:
     f, provider = folder
     vm_ino = f.lookup(ROOT_INO, "alpha").ino
-    results: list[int] = []
-    errors: list[BaseException] = []
-
-    def reader() -> None:
-        try:
-            results.append(f.lookup(vm_ino, "letters").ino)
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=reader) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
+    results = together(lambda: f.lookup(vm_ino, "letters").ino, 8)
     assert provider.opened == ["vm-1"]
-    assert len(set(results)) == 1 and results[0] >> EPOCH_SHIFT
+    assert len(set(results)) == 1 and isinstance(results[0], int) and results[0] >> EPOCH_SHIFT
 
 
 def _file(f: VmFolder, vm: str, *path: str) -> int:

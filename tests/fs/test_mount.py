@@ -11,7 +11,6 @@ import struct
 import subprocess
 import sys
 import tarfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.fs.vmfixture import SYS_FILES, TestVm
+from tests.together import together
 from vcbfs.cli.mount import _pidfile
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="no /dev/fuse")
@@ -203,13 +203,7 @@ def test_every_write_is_refused(mnt: Path, action) -> None:
 def test_parallel_readers_read_the_same_bytes(mnt: Path, test_vm: TestVm) -> None:
     path = mnt / "letters/F" / test_vm.data.big_file
     want = test_vm.data.entries[test_vm.data.big_file]["sha256"]
-    results: list[str] = []
-    threads = [threading.Thread(target=lambda: results.append(_sha256(path))) for _ in range(16)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert results == [want] * 16
+    assert together(lambda: _sha256(path), 16) == [want] * 16
 
 
 def test_fullvm_copies_out_as_a_vm(mnt: Path, test_vm: TestVm, tmp_path: Path) -> None:

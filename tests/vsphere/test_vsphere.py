@@ -8,7 +8,6 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.fs.vmfixture import SYS_FILES
+from tests.together import together
 from tests.vsphere.conftest import DEMO_HOSTNAME, DEMO_IP, DEMO_VM, VsphereVm
 from tests.vsphere.simulator import (
     QUIESCE_FAULT_KEY,
@@ -317,23 +317,8 @@ def test_automount_one_snapshot_for_8_readers_released_when_idle(
     assert os.listdir(mnt) == [DEMO_VM]
     os.stat(mnt / DEMO_VM)
     assert _ours(vcsim, moref) == []  # listing and stat take nothing
-    results: list[bytes] = []
-    errors: list[BaseException] = []
-    start = threading.Barrier(8)
-
-    def reader() -> None:
-        try:
-            start.wait()
-            results.append((mnt / DEMO_VM / "letters/C/boot.ini").read_bytes())
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=reader) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors and results == [SYS_FILES["boot.ini"]] * 8
+    results = together((mnt / DEMO_VM / "letters/C/boot.ini").read_bytes, 8)
+    assert results == [SYS_FILES["boot.ini"]] * 8
     assert len(_ours(vcsim, moref)) == 1  # one snapshot for all eight
     for _ in range(100):  # idle=2: released within a few seconds
         if not _ours(vcsim, moref):
