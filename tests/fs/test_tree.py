@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import stat
+import threading
+
 import pytest
 
 from tests.fs.vmfixture import TestVm
@@ -12,9 +15,9 @@ from vcbfs.vm.local import open_local_vm
 
 @pytest.fixture
 def tree(test_vm: TestVm):
-    image = open_local_vm(test_vm.vmx)
-    yield Tree(image)
-    image.close()
+    tree = Tree(open_local_vm(test_vm.vmx))
+    yield tree
+    tree.close()
 
 
 def _walk(tree: Tree, path: str) -> int:
@@ -54,3 +57,36 @@ def test_try_open_only_when_nothing_needs_reading(tree: Tree) -> None:
     assert fast.read_at(0, 1 << 20) == tree.open(ino).read_at(0, 1 << 20)
     catalog = _walk(tree, "fullvm/catalog")
     assert tree.try_open(catalog) is not None  # a small synthetic file is in memory
+
+
+def test_a_listing_is_computed_once_and_equals_a_fresh_one(tree: Tree, test_vm: TestVm) -> None:
+    """opendir asks for the whole listing each time: it is kept, and stays right."""
+    computed: list[int] = []
+    real = tree._list
+
+    def counting(ino: int) -> list[tuple[str, object]]:
+        computed.append(ino)
+        return real(ino)
+
+    tree._list = counting  # type: ignore[method-assign]
+    root = _walk(tree, "letters/F")
+    first = tree.readdir(root)
+    subdirs = [a.ino for _, a in first if stat.S_ISDIR(a.mode)]
+    assert subdirs
+    got: dict[int, object] = {}
+    threads = [
+        threading.Thread(target=lambda: got.update({i: tree.readdir(i) for i in subdirs}))
+        for _ in range(4)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert tree.readdir(root) == first
+    assert computed.count(root) == 1
+    fresh = Tree(open_local_vm(test_vm.vmx))
+    try:
+        assert _walk(fresh, "letters/F") == root
+        assert got == {i: fresh.readdir(i) for i in subdirs}
+    finally:
+        fresh.close()

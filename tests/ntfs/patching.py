@@ -98,7 +98,7 @@ def read_record(volume: NtfsVolume, number: int) -> tuple[int, bytearray]:
     """(volume offset, the record's bytes with fixups applied) of MFT record ``number``."""
     offset = record_offset(volume, number)
     raw = volume.source.read_at(offset, volume.mft.record_size)
-    return offset, apply_fixups(raw, b"FILE", volume.name, offset)
+    return offset, bytearray(apply_fixups(raw, b"FILE", volume.name, offset))
 
 
 def protect(buf: bytes | bytearray) -> bytes:
@@ -180,7 +180,7 @@ def read_index_block(volume: NtfsVolume, number: int, vcn: int) -> tuple[int, by
     """(volume offset, the INDX block with fixups applied) of a directory's block at ``vcn``."""
     offset = index_block_offset(volume, number, vcn)
     raw = volume.source.read_at(offset, volume.boot.index_record_size)
-    return offset, apply_fixups(raw, b"INDX", volume.name, offset)
+    return offset, bytearray(apply_fixups(raw, b"INDX", volume.name, offset))
 
 
 # --- the fields a fuzzer aims at: (offset, width) of every length, offset, count and flag ---------

@@ -31,6 +31,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from vcbfs.blocks.lru import LRU
 from vcbfs.blocks.source import ByteSource
 from vcbfs.errors import NotADirectory, NotFoundError, VcbfsError
 from vcbfs.ntfs.attributes import FILETIME_EPOCH
@@ -45,6 +46,7 @@ VIEW_SHIFT = 40
 STREAM_INO = 1 << 62
 XATTR_MAX = 65536
 MAX_VIEWS = 256  # view keys fit 8 bits: a tree's inodes stay below 2**48
+LISTING_CACHE = 1 << 16  # directory entries kept with their attributes (about 300 bytes each)
 _META = ("ntfs_attrib_be", "ntfs_acl", "ntfs_times", "ntfs_reparse_data")
 
 
@@ -111,6 +113,7 @@ class Tree:
         self._fullvm_done = False
         self._streams: dict[tuple[int, int, str], int] = {}
         self._stream_keys: dict[int, tuple[int, int, str]] = {}
+        self._listings: LRU[int, list[tuple[str, Attr]]] = LRU(LISTING_CACHE, lambda v: len(v) + 1)
 
     # -- synthetic nodes -----------------------------------------------------------------
 
@@ -247,10 +250,9 @@ class Tree:
                 self.now_ns,
             )
         view, record = found
-        return self._ntfs_attr(view, record, ino)
+        return self._ntfs_attr(view, view.volume.ntfs(), record, ino)
 
-    def _ntfs_attr(self, view: _View, record: int, ino: int) -> Attr:
-        vol = view.volume.ntfs()
+    def _ntfs_attr(self, view: _View, vol: NtfsVolume, record: int, ino: int) -> Attr:
         st = vol.stat(record)
         if st.reparse is not None and st.reparse.is_link:
             size = len(self._link_target(view, record).encode("utf-8", "surrogateescape"))
@@ -339,16 +341,32 @@ class Tree:
                 raise NotADirectory(f"inode {ino} is not a directory")
             assert node.children is not None
             return [(name, self.getattr(child)) for name, child in sorted(node.children.items())]
+        return self._listing(ino)
+
+    def _listing(self, ino: int) -> list[tuple[str, Attr]]:
+        """A volume directory's entries with their attributes, kept (bounded) once computed:
+        every opendir asks again, and ``ls`` before a backup lists each directory twice."""
+        listing = self._listings.get(ino)
+        if listing is None:
+            listing = self._list(ino)
+            self._listings.put(ino, listing)
+        return listing
+
+    def _list(self, ino: int) -> list[tuple[str, Attr]]:
+        found = self._view(ino)
+        if found is None:
+            raise NotADirectory(f"inode {ino} is not a volume directory")
         view, record = found
         vol = view.volume.ntfs()
-        out = []
+        listing = []
+        base = view.key << VIEW_SHIFT
         for entry in vol.iterdir(record):
-            child = (view.key << VIEW_SHIFT) | entry.record
+            child = base | entry.record
             try:
-                out.append((entry.name, self.getattr(child)))
+                listing.append((entry.name, self._ntfs_attr(view, vol, entry.record, child)))
             except VcbfsError:
                 continue  # a corrupt entry is left out of the listing; a lookup gives EIO
-        return out
+        return listing
 
     def open(self, ino: int) -> ByteSource:
         if ino & STREAM_INO:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from vcbfs.blocks.lru import LRU
 from vcbfs.blocks.source import ByteSource, read_exact
@@ -30,8 +30,7 @@ _NODE = struct.Struct("<IIIB")
 _ENTRY = struct.Struct("<QHHH")
 
 
-@dataclass(frozen=True, slots=True)
-class IndexEntry:
+class IndexEntry(NamedTuple):
     record: int
     seq: int
     key: FileName | None  # None for the last entry of a node
@@ -111,22 +110,32 @@ class DirectoryIndex:
         return node
 
     def entries(self) -> Iterator[IndexEntry]:
-        """Every entry with a key, in collation order."""
+        """Every entry with a key, in collation order, as the nodes are read.
+
+        One generator with an explicit stack: nested generators would pass every entry up
+        through each level of the tree.
+        """
         seen: set[int] = set()
-
-        def walk(node: list[IndexEntry], depth: int) -> Iterator[IndexEntry]:
-            if depth > MAX_DEPTH:
-                raise CorruptError("index tree is deeper than 64 levels", source=self.name)
-            for e in node:
-                if e.subnode is not None:
-                    if e.subnode in seen:
-                        raise CorruptError(f"index tree loops at VCN {e.subnode}", source=self.name)
-                    seen.add(e.subnode)
-                    yield from walk(self._node(e.subnode), depth + 1)
-                if e.key is not None:
-                    yield e
-
-        return walk(self.root, 0)
+        # (entries of a node, the entry whose sub-node that is: it comes after them)
+        stack: list[tuple[Iterator[IndexEntry], IndexEntry | None]] = [(iter(self.root), None)]
+        while stack:
+            it, after = stack[-1]
+            e = next(it, None)
+            if e is None:
+                stack.pop()
+                if after is not None and after.key is not None:
+                    yield after
+                continue
+            sub = e.subnode
+            if sub is not None:
+                if len(stack) > MAX_DEPTH:
+                    raise CorruptError("index tree is deeper than 64 levels", source=self.name)
+                if sub in seen:
+                    raise CorruptError(f"index tree loops at VCN {sub}", source=self.name)
+                seen.add(sub)
+                stack.append((iter(self._node(sub)), e))
+            elif e.key is not None:
+                yield e
 
     def find(self, name: str) -> list[IndexEntry]:
         """Entries whose name equals ``name`` ignoring case (by the volume's $UpCase)."""

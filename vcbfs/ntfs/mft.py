@@ -24,6 +24,7 @@ from vcbfs.ntfs.attributes import (
     Attribute,
     parse_attribute_list,
     parse_attributes,
+    scan_for_stat,
 )
 from vcbfs.ntfs.boot import BootSector
 from vcbfs.ntfs.fixup import apply_fixups
@@ -72,6 +73,7 @@ class Mft:
         self.record_size = boot.record_size
         self.name = volume.name
         self._cache: LRU[int, FileRecord] = LRU(RECORD_CACHE)
+        self._last: tuple[int, bytes] | None = None  # the last record block read
         rec0 = self._parse(
             read_exact(volume, boot.mft_lcn * boot.cluster_size, boot.record_size, "$MFT record 0"),
             0,
@@ -114,11 +116,11 @@ class Mft:
         """The whole value of a (small) attribute: lists, security descriptors, reparse data."""
         return self._value(extents)
 
-    def _parse(self, raw: bytes, number: int, offset: int) -> FileRecord:
+    def _header(self, raw: bytes, number: int, offset: int) -> tuple[bytes, tuple[int, ...]]:
+        """The fixed-up record and its checked header fields."""
         buf = apply_fixups(raw, b"FILE", self.name, offset)
-        (_m, usa, _uc, _lsn, seq, links, first, flags, used, alloc, base, _next, num) = (
-            _RECORD.unpack_from(buf)
-        )
+        header = _RECORD.unpack_from(buf)
+        (_m, usa, _uc, _lsn, _seq, _links, first, flags, used, alloc, _base, _next, num) = header
         if used > len(buf) or alloc != len(buf) or first < 42 or first >= used:
             raise CorruptError(
                 f"MFT record {number}: header sizes are not valid (used {used}, first {first})",
@@ -129,26 +131,98 @@ class Mft:
             raise CorruptError(
                 f"MFT record {number} says it is record {num}", source=self.name, offset=offset
             )
+        return buf, header
+
+    def _parse(self, raw: bytes, number: int, offset: int) -> FileRecord:
+        buf, header = self._header(raw, number, offset)
+        (_m, _usa, _uc, _lsn, seq, links, first, flags, used, _alloc, base, _next, _num) = header
         attrs = parse_attributes(buf, first, used, number, self.name, offset)
         return FileRecord(number, seq, flags, links, base & MFT_REF_MASK, base, attrs)
 
+    def stat_fields(self, number: int) -> tuple[int, bool, bytes, int, int, int] | None:
+        """For a base record in use: (sequence, is a directory, ``scan_for_stat``'s four
+        fields), read lean.
+
+        None when the record needs the full parse (see ``scan_for_stat``), or is free or an
+        extension record (``attributes`` then says so).  Errors of the record's bytes or
+        header are raised as ``record`` raises them.
+        """
+        self._check_number(number)
+        offset = number * self.record_size
+        buf, header = self._header(self._raw(number, offset), number, offset)
+        if not header[7] & FLAG_IN_USE or header[10]:
+            return None
+        fields = scan_for_stat(buf, header[6], header[8])
+        if fields is None:
+            return None
+        return (header[4], bool(header[7] & FLAG_DIRECTORY), *fields)
+
+    def _raw(self, number: int, offset: int) -> bytes:
+        """The record's bytes; a listing's records mostly share one 64 KiB block, kept at hand."""
+        blocks = getattr(self, "_blocks", None)
+        if blocks is None:  # the bootstrap reads before the cache exists
+            return read_exact(self.stream, offset, self.record_size, f"MFT record {number}")
+        index, start = divmod(offset, RECORD_BLOCK)
+        last = self._last
+        if last is None or last[0] != index:
+            block = blocks.read_at(index * RECORD_BLOCK, RECORD_BLOCK)
+            last = self._last = (index, block)
+        raw = last[1][start : start + self.record_size]
+        if len(raw) != self.record_size:
+            raise CorruptError(
+                f"MFT record {number} is truncated: the table ends inside it",
+                source=self.name,
+                offset=offset,
+            )
+        return raw
+
+    def try_attributes(self, number: int) -> tuple[FileRecord, list[Attribute]] | None:
+        """``attributes`` if it needs no read (the record's block is in memory and it has no
+        extension records); else None.  For callers that must not wait."""
+        self._check_number(number)
+        offset = number * self.record_size
+        index, start = divmod(offset, RECORD_BLOCK)
+        last = self._last
+        if last is not None and last[0] == index:
+            raw = last[1][start : start + self.record_size]
+        else:
+            blocks = getattr(self, "_blocks", None)
+            found = None if blocks is None else blocks.try_read_at(offset, self.record_size)
+            if found is None:
+                return None
+            raw = bytes(found)
+        if len(raw) != self.record_size:
+            return None
+        rec = self._parse(raw, number, offset)
+        if any(a.type == AT.ATTRIBUTE_LIST for a in rec.attributes):
+            return None
+        return rec, rec.attributes
+
     def record(self, number: int) -> FileRecord:
-        """MFT record ``number`` (fixups applied, attributes parsed)."""
+        """MFT record ``number`` (fixups applied, attributes parsed), cached."""
         cached = self._cache.get(number)
         if cached is not None:
             return cached
-        if not 0 <= number < getattr(self, "record_count", self.stream.size // self.record_size):
-            raise NotFoundError(f"MFT record {number} does not exist", source=self.name)
-        offset = number * self.record_size
-        reader = getattr(self, "_blocks", self.stream)  # the bootstrap reads before the cache
-        raw = read_exact(reader, offset, self.record_size, f"MFT record {number}")
-        rec = self._parse(raw, number, offset)
+        rec = self._load(number)
         self._cache.put(number, rec)
         return rec
 
+    def _check_number(self, number: int) -> None:
+        if not 0 <= number < getattr(self, "record_count", self.stream.size // self.record_size):
+            raise NotFoundError(f"MFT record {number} does not exist", source=self.name)
+
+    def _load(self, number: int) -> FileRecord:
+        self._check_number(number)
+        offset = number * self.record_size
+        return self._parse(self._raw(number, offset), number, offset)
+
     def attributes(self, number: int) -> tuple[FileRecord, list[Attribute]]:
-        """A base record and all its attributes, from extension records too."""
-        rec = self.record(number)
+        """A base record and all its attributes, from extension records too.
+
+        The base record is not cached here: the caller keeps what it gathers (the volume's
+        node cache), and caching it twice only costs a listing time and memory.
+        """
+        rec = self._load(number)
         lists = [a for a in rec.attributes if a.type == AT.ATTRIBUTE_LIST]
         if not lists:
             return rec, rec.attributes

@@ -11,6 +11,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from vcbfs.blocks.lru import LRU
 from vcbfs.blocks.source import ByteSource
@@ -20,7 +21,6 @@ from vcbfs.ntfs.attributes import (
     NS_DOS,
     Attribute,
     FileName,
-    StandardInformation,
     filetime_ns,
     parse_file_name,
     parse_standard_information,
@@ -44,18 +44,17 @@ FILE_ATTRIBUTE_REPARSE_POINT = 0x400
 FILE_ATTRIBUTE_ENCRYPTED = 0x4000
 DUP_DIRECTORY = 0x10000000  # $FILE_NAME flag: the file is a directory
 FN_NAMESPACE = 65  # offset of the namespace byte in a $FILE_NAME value
+STAT_CACHE = 1 << 16  # stats of records read lean (about 250 bytes each)
 
 
-@dataclass(frozen=True, slots=True)
-class DirEntry:
+class DirEntry(NamedTuple):
     name: str
     record: int
     sequence: int
     is_dir: bool
 
 
-@dataclass(frozen=True, slots=True)
-class NtfsStat:
+class NtfsStat(NamedTuple):
     record: int
     sequence: int
     is_dir: bool
@@ -107,6 +106,7 @@ class NtfsVolume:
         if self.boot.from_backup:
             self.notes.append("primary boot sector is damaged; using the backup")
         self._nodes: LRU[int, _Node] = LRU(4096)
+        self._stats: LRU[int, NtfsStat] = LRU(STAT_CACHE)
         self._indexes: LRU[int, DirectoryIndex] = LRU(256)
         self._sds: ByteSource | None = None
         self._sds_index: dict[int, tuple[int, int]] | None = None
@@ -118,13 +118,16 @@ class NtfsVolume:
     def _node(self, number: int) -> _Node:
         node = self._nodes.get(number)
         if node is None:
-            rec, attrs = self.mft.attributes(number)
-            if not rec.in_use:
-                raise NotFoundError(f"MFT record {number} is not in use", source=self.name)
-            if rec.is_extension:
-                raise NotFoundError(f"MFT record {number} is an extension record", source=self.name)
-            node = _Node(rec, attrs)
-            self._nodes.put(number, node)
+            node = self._make_node(number, *self.mft.attributes(number))
+        return node
+
+    def _make_node(self, number: int, rec: FileRecord, attrs: list[Attribute]) -> _Node:
+        if not rec.in_use:
+            raise NotFoundError(f"MFT record {number} is not in use", source=self.name)
+        if rec.is_extension:
+            raise NotFoundError(f"MFT record {number} is an extension record", source=self.name)
+        node = _Node(rec, attrs)
+        self._nodes.put(number, node)
         return node
 
     def _stream(self, node: _Node, atype: int, name: str = "") -> ByteSource | None:
@@ -174,53 +177,101 @@ class NtfsVolume:
     # -- the face --------------------------------------------------------------------------
 
     def stat(self, number: int) -> NtfsStat:
-        """A record's stat, computed once per cached record (the mount asks for it often)."""
-        node = self._node(number)
+        """A record's stat, computed once per record while cached (listings ask for each entry).
+
+        Most records are read lean (``Mft.stat_fields``); the rest, and any record already
+        parsed whole, take the full path.
+        """
+        node = self._nodes.get(number)
+        if node is None:
+            st = self._stats.get(number)
+            if st is not None:
+                return st
+            st = self._lean_stat(number)
+            if st is not None:
+                self._stats.put(number, st)
+                return st
+            node = self._node(number)
         if node.stat is None:
             node.stat = self._stat(number, node)
         return node.stat
 
+    def _lean_stat(self, number: int) -> NtfsStat | None:
+        fields = self.mft.stat_fields(number)
+        if fields is None:
+            return None
+        seq, is_dir, si_value, links, size, allocated = fields
+        si = parse_standard_information(si_value, self.name)
+        if si.attributes & FILE_ATTRIBUTE_REPARSE_POINT:
+            return None  # the full path reads the reparse data
+        return NtfsStat(
+            number,
+            seq,
+            is_dir,
+            size,
+            allocated,
+            max(1, links),
+            filetime_ns(si.created),
+            filetime_ns(si.modified),
+            filetime_ns(si.changed),
+            filetime_ns(si.accessed),
+            si.attributes,
+            si.security_id,
+            None,
+            bool(si.attributes & FILE_ATTRIBUTE_ENCRYPTED),
+        )
+
     def _stat(self, number: int, node: _Node) -> NtfsStat:
-        si_attr = node.find(AT.STANDARD_INFORMATION)
-        if not si_attr or not si_attr[0].resident:
+        # One pass over the attributes: stat runs for every entry a listing shows.
+        si_value: bytes | None = None
+        first: Attribute | None = None
+        links = 0
+        has_reparse = False
+        for a in node.attrs:
+            t = a.type
+            if t == AT.FILE_NAME:
+                # Names other than DOS-only ones: what a POSIX reader counts as hard links.
+                v = a.value
+                if a.resident and len(v) > FN_NAMESPACE and v[FN_NAMESPACE] != NS_DOS:
+                    links += 1
+            elif t == AT.DATA:
+                if not a.name and (first is None or a.start_vcn < first.start_vcn):
+                    first = a
+            elif t == AT.STANDARD_INFORMATION:
+                if si_value is None:
+                    if not a.resident:
+                        break
+                    si_value = a.value
+            elif t == AT.REPARSE_POINT and not a.name:
+                has_reparse = True
+        if si_value is None:
             raise CorruptError(f"record {number} has no $STANDARD_INFORMATION", source=self.name)
-        si: StandardInformation = parse_standard_information(si_attr[0].value, self.name)
-        is_dir = node.record.is_dir
-        data = node.find(AT.DATA)
+        si = parse_standard_information(si_value, self.name)
         size = allocated = 0
-        if data:
-            first = min(data, key=lambda a: a.start_vcn)
+        if first is not None:
             size = first.size
-            allocated = _allocated(first, self.boot.cluster_size)
+            allocated = 0 if first.resident else first.allocated_size
         reparse = None
-        if si.attributes & FILE_ATTRIBUTE_REPARSE_POINT or node.find(AT.REPARSE_POINT):
+        if has_reparse or si.attributes & FILE_ATTRIBUTE_REPARSE_POINT:
             value = self._small_value(node, AT.REPARSE_POINT, limit=16 << 10)
             if value is not None:
                 reparse = parse_reparse(value, f"{self.name}: record {number}")
         return NtfsStat(
-            record=number,
-            sequence=node.record.sequence,
-            is_dir=is_dir,
-            size=size,
-            allocated=allocated,
-            links=self._link_count(node),
-            created=filetime_ns(si.created),
-            modified=filetime_ns(si.modified),
-            changed=filetime_ns(si.changed),
-            accessed=filetime_ns(si.accessed),
-            attributes=si.attributes,
-            security_id=si.security_id,
-            reparse=reparse,
-            encrypted=bool(si.attributes & FILE_ATTRIBUTE_ENCRYPTED),
+            number,
+            node.record.sequence,
+            node.record.is_dir,
+            size,
+            allocated,
+            max(1, links),
+            filetime_ns(si.created),
+            filetime_ns(si.modified),
+            filetime_ns(si.changed),
+            filetime_ns(si.accessed),
+            si.attributes,
+            si.security_id,
+            reparse,
+            bool(si.attributes & FILE_ATTRIBUTE_ENCRYPTED),
         )
-
-    def _link_count(self, node: _Node) -> int:
-        """Names other than DOS-only ones: what a POSIX reader counts as hard links.
-
-        Only the namespace byte of each $FILE_NAME is needed (stat runs for every entry listed).
-        """
-        names = [a.value for a in node.find(AT.FILE_NAME) if a.resident]
-        return max(1, sum(1 for v in names if len(v) > FN_NAMESPACE and v[FN_NAMESPACE] != NS_DOS))
 
     def names(self, number: int) -> list[FileName]:
         """The $FILE_NAME attributes of a record (every hard link, every namespace)."""
@@ -291,7 +342,12 @@ class NtfsVolume:
     def try_open(self, number: int, stream: str = "") -> ByteSource | None:
         """``open`` if the file's record is parsed already (no disk read); else None."""
         node = self._nodes.get(number)
-        return None if node is None else self._open(node, number, stream)
+        if node is None:
+            found = self.mft.try_attributes(number)
+            if found is None:
+                return None
+            node = self._make_node(number, *found)
+        return self._open(node, number, stream)
 
     def _open(self, node: _Node, number: int, stream: str) -> ByteSource:
         if not node.find(AT.DATA, stream):
@@ -367,9 +423,3 @@ class NtfsVolume:
                 index.setdefault(sid, (offset + 20, length - 20))
                 pos += (length + 15) & ~15
         return index
-
-
-def _allocated(attr: Attribute, cluster_size: int) -> int:
-    if attr.resident:
-        return 0
-    return attr.allocated_size
