@@ -294,6 +294,32 @@ def test_mount_errors_reach_the_caller(tmp_path: Path) -> None:
     shutil.rmtree(tmp_path / "m")
 
 
+def test_a_failed_fuse_mount_still_closes_the_model(test_vm: TestVm, tmp_path: Path) -> None:
+    """The model may hold a vSphere snapshot by now: it must be closed (released) anyway."""
+    from vcbfs.fs.mount import fuse_options, serve
+    from vcbfs.fs.tree import Tree
+    from vcbfs.vm.local import open_local_vm
+
+    tree = Tree(open_local_vm(test_vm.vmx))
+    events: list[str] = []
+    real_close = tree.close
+
+    def close() -> None:
+        events.append("close")
+        real_close()
+
+    tree.close = close  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError):  # pyfuse3 cannot mount on a missing directory
+        serve(
+            tree,
+            str(tmp_path / "no-such-dir"),
+            fuse_options(),
+            ready=lambda: events.append("ready"),
+            cleanup=lambda: events.append("cleanup"),
+        )
+    assert events == ["close", "cleanup"]
+
+
 def test_a_corrupt_file_is_eio_and_the_mount_stays_up(test_vm: TestVm, tmp_path: Path) -> None:
     """A torn MFT record fails that one file; its directory and siblings stay readable."""
     from tests.ntfs.patching import read_record

@@ -37,6 +37,7 @@ from pyVim.connect import Disconnect, SmartStubAdapter
 from pyVmomi import vim, vmodl
 
 __all__ = [
+    "CONSOLIDATION_KEY",
     "DEFAULT_DATASTORE",
     "QUIESCE_FAULT_KEY",
     "DiskInfo",
@@ -63,6 +64,7 @@ SOURCE_DIR = Path(__file__).resolve().with_name("vcsim")
 SYSTEM_GOPATH = Path("/usr/share/gocode")
 DEFAULT_DATASTORE = "LocalDS_0"
 QUIESCE_FAULT_KEY = "vcbfs.test.quiesceFault"  # see vcsim/hooks.go
+CONSOLIDATION_KEY = "vcbfs.test.consolidationNeeded"  # see vcsim/hooks.go
 START_TIMEOUT = 30.0
 TASK_TIMEOUT = 60.0
 SECTOR = 512

@@ -18,6 +18,7 @@ from tests.fs.vmfixture import SYS_FILES
 from tests.together import together
 from tests.vsphere.conftest import DEMO_HOSTNAME, DEMO_IP, DEMO_VM, VsphereVm
 from tests.vsphere.simulator import (
+    CONSOLIDATION_KEY,
     QUIESCE_FAULT_KEY,
     Vcsim,
     add_vm,
@@ -274,6 +275,52 @@ def test_quiesce_fault_is_a_clear_error(
     assert list((Path(env["VCBFS_STATE_DIR"]) / "journal").glob("*.json")) == []
     vcbfs(env, "mount", "--no-quiesce", "name:no-vss", str(mnt))
     assert (mnt / "letters/C/boot.ini").read_bytes() == SYS_FILES["boot.ini"]
+
+
+def test_a_vm_needing_consolidation_is_reported(
+    env: dict[str, str], vcsim: Vcsim, vsphere_vm: VsphereVm, mnt: Path
+) -> None:
+    """After its snapshot is released, by the mount or by cleanup, the administrator hears of it."""
+    with vcsim.session() as si:
+        vm = add_vm(
+            vcsim,
+            si,
+            "unmerged",
+            [vsphere_vm.source.sys_vmdk],
+            extra={CONSOLIDATION_KEY: "true"},
+        )
+    server = subprocess.Popen(
+        [sys.executable, "-m", "vcbfs", "mount", "-f", "name:unmerged", str(mnt)],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        for _ in range(400):
+            if os.path.ismount(mnt) or server.poll() is not None:
+                break
+            time.sleep(0.05)
+        assert (mnt / "letters/C/boot.ini").read_bytes() == SYS_FILES["boot.ini"]
+        vcbfs(env, "umount", str(mnt))
+        _, stderr = server.communicate(timeout=60)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    assert server.returncode == 0
+    assert f"VM 'unmerged' ({vm.moref}) needs disk consolidation" in stderr
+    assert _ours(vcsim, vm.moref) == []
+
+    vcbfs(env, "mount", "name:unmerged", str(mnt))
+    pid = int(next(Path(env["VCBFS_RUN_DIR"]).glob("mount-*.pid")).read_text())
+    os.kill(pid, signal.SIGKILL)
+    time.sleep(0.5)
+    vcbfs(env, "umount", str(mnt))
+    done = vcbfs(env, "cleanup").stdout
+    assert "unmerged" in done and "needs disk consolidation" in done
+    assert _ours(vcsim, vm.moref) == []
 
 
 # -- trust and credentials ---------------------------------------------------------------------

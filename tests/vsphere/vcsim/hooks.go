@@ -41,6 +41,9 @@ func installHooks(server *simulator.Server) {
 		owner: map[types.ManagedObjectReference]types.ManagedObjectReference{},
 	}
 	simulator.Map.AddHandler(repair)
+	simulator.Map.AddHandler(&consolidationFlag{
+		self: types.ManagedObjectReference{Type: "VcbfsConsolidationFlag", Value: "vcbfs-consolidation-flag"},
+	})
 }
 
 // quiesceHook redirects quiesced CreateSnapshot_Task calls on VMs with the fault key to a
@@ -120,16 +123,45 @@ func wantsQuiesceFault(ref types.ManagedObjectReference) bool {
 	}
 	want := false
 	simulator.Map.WithLock(vm, func() {
-		if vm.Config == nil {
-			return
-		}
-		for _, opt := range vm.Config.ExtraConfig { // the simulator appends, so the last one wins
-			if o := opt.GetOptionValue(); o.Key == QuiesceFaultKey {
-				want = fmt.Sprint(o.Value) == "true"
-			}
-		}
+		want = extraConfigTrue(&vm.VirtualMachine, QuiesceFaultKey)
 	})
 	return want
+}
+
+// extraConfigTrue says whether the VM's extraConfig sets key to "true".
+func extraConfigTrue(vm *mo.VirtualMachine, key string) bool {
+	if vm.Config == nil {
+		return false
+	}
+	want := false
+	for _, opt := range vm.Config.ExtraConfig { // the simulator appends, so the last one wins
+		if o := opt.GetOptionValue(); o.Key == key {
+			want = fmt.Sprint(o.Value) == "true"
+		}
+	}
+	return want
+}
+
+// ConsolidationKey in a VM's extraConfig, set to "true", makes the VM report
+// runtime.consolidationNeeded from its next update on (a snapshot taken or removed, say), as
+// vSphere does when removing a snapshot could not merge the VM's disks.
+const ConsolidationKey = "vcbfs.test.consolidationNeeded"
+
+type consolidationFlag struct {
+	self types.ManagedObjectReference
+}
+
+func (c *consolidationFlag) Reference() types.ManagedObjectReference { return c.self }
+
+func (c *consolidationFlag) PutObject(mo.Reference) {}
+
+func (c *consolidationFlag) RemoveObject(types.ManagedObjectReference) {}
+
+// UpdateObject runs inside the simulator's Map.Update of any VM property, with the VM's lock held.
+func (c *consolidationFlag) UpdateObject(obj mo.Reference, _ []types.PropertyChange) {
+	if vm, ok := obj.(*mo.VirtualMachine); ok && extraConfigTrue(vm, ConsolidationKey) {
+		vm.Runtime.ConsolidationNeeded = types.NewBool(true)
+	}
 }
 
 // quiesceFaulter answers CreateSnapshot_Task for one VM with a failed task, as vSphere does

@@ -5,9 +5,11 @@
 // answers, then serves until SIGTERM or SIGINT (or, with -stdin-watch, until stdin closes), when
 // it removes the datastore directories.
 //
-// Besides the stock simulator it has two test hooks (see hooks.go):
+// Besides the stock simulator it has three test hooks (see hooks.go):
 //   - a VM whose extraConfig holds vcbfs.test.quiesceFault = "true" fails quiesced
 //     CreateSnapshot_Task calls with vim.fault.ApplicationQuiesceFault;
+//   - a VM whose extraConfig holds vcbfs.test.consolidationNeeded = "true" reports
+//     runtime.consolidationNeeded once it is next updated (e.g. by a snapshot);
 //   - snapshot removal no longer deletes files through stale layoutEx keys.
 package main
 
