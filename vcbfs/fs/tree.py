@@ -46,7 +46,7 @@ VIEW_SHIFT = 40
 STREAM_INO = 1 << 62
 XATTR_MAX = 65536
 MAX_VIEWS = 256  # view keys fit 8 bits: a tree's inodes stay below 2**48
-LISTING_CACHE = 1 << 16  # directory entries kept with their attributes (about 300 bytes each)
+LISTING_CACHE = 1 << 14  # directory entries kept with their attributes (about 300 bytes each)
 _META = ("ntfs_attrib_be", "ntfs_acl", "ntfs_times", "ntfs_reparse_data")
 
 

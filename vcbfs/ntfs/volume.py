@@ -44,7 +44,7 @@ FILE_ATTRIBUTE_REPARSE_POINT = 0x400
 FILE_ATTRIBUTE_ENCRYPTED = 0x4000
 DUP_DIRECTORY = 0x10000000  # $FILE_NAME flag: the file is a directory
 FN_NAMESPACE = 65  # offset of the namespace byte in a $FILE_NAME value
-STAT_CACHE = 1 << 16  # stats of records read lean (about 250 bytes each)
+STAT_CACHE = 1 << 14  # stats of records read lean (about 300 bytes each: 5 MiB)
 
 
 class DirEntry(NamedTuple):
