@@ -170,6 +170,18 @@ def load_average() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
+def stale_bytecode() -> int:
+    """How many of vcbfs's modules have no bytecode as new as their source."""
+    import importlib.util
+
+    count = 0
+    for src in (ROOT / "vcbfs").rglob("*.py"):
+        pyc = Path(importlib.util.cache_from_source(str(src)))
+        if not pyc.exists() or pyc.stat().st_mtime < src.stat().st_mtime:
+            count += 1
+    return count
+
+
 def print_header(title: str, bench: Bench, extra: Sequence[str] = ()) -> None:
     print(f"{title}  {datetime.now().astimezone().strftime('%Y-%m-%d %H:%M:%S %z')}")
     print(f"machine: {machine_line()}")
@@ -1012,10 +1024,11 @@ def run_ntfs(args: argparse.Namespace) -> int:
         "walk: MB = what the command counted (tar: the archive, headers included); "
         "vcbfs/X = vcbfs s / X s (lower is better)",
     ]
-    if os.environ.get("PYTHONDONTWRITEBYTECODE"):
+    stale = stale_bytecode()
+    if stale and os.environ.get("PYTHONDONTWRITEBYTECODE"):
         extra.append(
-            "note: PYTHONDONTWRITEBYTECODE is set and vcbfs is an editable install without "
-            "__pycache__: every vcbfs run compiles its modules"
+            f"note: PYTHONDONTWRITEBYTECODE is set and {stale} vcbfs modules have no up-to-date "
+            "bytecode: every vcbfs run compiles them (scripts/setup compiles them)"
         )
     print_header("vcbfs bench ntfs", bench, extra)
     big = [j for j in jobs if j.part == "big"]
