@@ -32,7 +32,7 @@ FLAG_ENCRYPTED = 0x4000
 FLAG_SPARSE = 0x8000
 MFT_REF_MASK = (1 << 48) - 1
 NS_POSIX, NS_WIN32, NS_DOS, NS_WIN32_DOS = 0, 1, 2, 3
-_FN_NAMESPACE = 65  # offset of the namespace byte in a $FILE_NAME value
+FN_NAMESPACE = 65  # offset of the namespace byte in a $FILE_NAME value
 
 
 class AT:
@@ -202,7 +202,7 @@ def scan_for_stat(buf: bytes, first: int, used: int) -> tuple[bytes, int, int, i
                 return None
             at = pos + voff
             if atype == AT.FILE_NAME:
-                if vlen > _FN_NAMESPACE and buf[at + _FN_NAMESPACE] != NS_DOS:
+                if vlen > FN_NAMESPACE and buf[at + FN_NAMESPACE] != NS_DOS:
                     links += 1
             elif atype == AT.STANDARD_INFORMATION:
                 if si is None:

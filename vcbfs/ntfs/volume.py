@@ -18,6 +18,7 @@ from vcbfs.blocks.source import ByteSource
 from vcbfs.errors import CorruptError, NotADirectory, NotFoundError, UnsupportedError
 from vcbfs.ntfs.attributes import (
     AT,
+    FN_NAMESPACE,
     NS_DOS,
     Attribute,
     FileName,
@@ -43,7 +44,6 @@ FILE_ATTRIBUTE_DIRECTORY = 0x10
 FILE_ATTRIBUTE_REPARSE_POINT = 0x400
 FILE_ATTRIBUTE_ENCRYPTED = 0x4000
 DUP_DIRECTORY = 0x10000000  # $FILE_NAME flag: the file is a directory
-FN_NAMESPACE = 65  # offset of the namespace byte in a $FILE_NAME value
 STAT_CACHE = 1 << 14  # stats of records read lean (about 300 bytes each: 5 MiB)
 
 
