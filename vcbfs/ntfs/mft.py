@@ -149,7 +149,9 @@ class Mft:
         """
         self._check_number(number)
         offset = number * self.record_size
-        buf, header = self._header(self._raw(number, offset), number, offset)
+        raw = self._raw(number, offset)
+        assert raw is not None
+        buf, header = self._header(raw, number, offset)
         if not header[7] & FLAG_IN_USE or header[10]:
             return None
         fields = scan_for_stat(buf, header[6], header[8])
@@ -157,18 +159,32 @@ class Mft:
             return None
         return (header[4], bool(header[7] & FLAG_DIRECTORY), *fields)
 
-    def _raw(self, number: int, offset: int) -> bytes:
-        """The record's bytes; a listing's records mostly share one 64 KiB block, kept at hand."""
+    def _raw(self, number: int, offset: int, *, wait: bool = True) -> bytes | None:
+        """The record's bytes; a listing's records mostly share one 64 KiB block, kept at hand.
+
+        With ``wait=False``, None unless the block is in memory (for callers that must not
+        block); a record the table cuts short is then left to the waiting path to report.
+        """
         blocks = getattr(self, "_blocks", None)
         if blocks is None:  # the bootstrap reads before the cache exists
+            if not wait:
+                return None
             return read_exact(self.stream, offset, self.record_size, f"MFT record {number}")
         index, start = divmod(offset, RECORD_BLOCK)
         last = self._last
         if last is None or last[0] != index:
-            block = blocks.read_at(index * RECORD_BLOCK, RECORD_BLOCK)
+            if wait:
+                block = blocks.read_at(index * RECORD_BLOCK, RECORD_BLOCK)
+            else:
+                found = blocks.try_read_at(index * RECORD_BLOCK, RECORD_BLOCK)
+                if found is None:
+                    return None
+                block = bytes(found)
             last = self._last = (index, block)
         raw = last[1][start : start + self.record_size]
         if len(raw) != self.record_size:
+            if not wait:
+                return None
             raise CorruptError(
                 f"MFT record {number} is truncated: the table ends inside it",
                 source=self.name,
@@ -181,17 +197,8 @@ class Mft:
         extension records); else None.  For callers that must not wait."""
         self._check_number(number)
         offset = number * self.record_size
-        index, start = divmod(offset, RECORD_BLOCK)
-        last = self._last
-        if last is not None and last[0] == index:
-            raw = last[1][start : start + self.record_size]
-        else:
-            blocks = getattr(self, "_blocks", None)
-            found = None if blocks is None else blocks.try_read_at(offset, self.record_size)
-            if found is None:
-                return None
-            raw = bytes(found)
-        if len(raw) != self.record_size:
+        raw = self._raw(number, offset, wait=False)
+        if raw is None:
             return None
         rec = self._parse(raw, number, offset)
         if any(a.type == AT.ATTRIBUTE_LIST for a in rec.attributes):
@@ -214,7 +221,9 @@ class Mft:
     def _load(self, number: int) -> FileRecord:
         self._check_number(number)
         offset = number * self.record_size
-        return self._parse(self._raw(number, offset), number, offset)
+        raw = self._raw(number, offset)
+        assert raw is not None
+        return self._parse(raw, number, offset)
 
     def attributes(self, number: int) -> tuple[FileRecord, list[Attribute]]:
         """A base record and all its attributes, from extension records too.
