@@ -22,6 +22,7 @@ from vcbfs.ntfs.attributes import (
     NS_DOS,
     Attribute,
     FileName,
+    StandardInformation,
     filetime_ns,
     parse_file_name,
     parse_standard_information,
@@ -204,22 +205,7 @@ class NtfsVolume:
         si = parse_standard_information(si_value, self.name)
         if si.attributes & FILE_ATTRIBUTE_REPARSE_POINT:
             return None  # the full path reads the reparse data
-        return NtfsStat(
-            number,
-            seq,
-            is_dir,
-            size,
-            allocated,
-            max(1, links),
-            filetime_ns(si.created),
-            filetime_ns(si.modified),
-            filetime_ns(si.changed),
-            filetime_ns(si.accessed),
-            si.attributes,
-            si.security_id,
-            None,
-            bool(si.attributes & FILE_ATTRIBUTE_ENCRYPTED),
-        )
+        return _make_stat(number, seq, is_dir, size, allocated, links, si, None)
 
     def _stat(self, number: int, node: _Node) -> NtfsStat:
         # One pass over the attributes: stat runs for every entry a listing shows.
@@ -256,22 +242,8 @@ class NtfsVolume:
             value = self._small_value(node, AT.REPARSE_POINT, limit=16 << 10)
             if value is not None:
                 reparse = parse_reparse(value, f"{self.name}: record {number}")
-        return NtfsStat(
-            number,
-            node.record.sequence,
-            node.record.is_dir,
-            size,
-            allocated,
-            max(1, links),
-            filetime_ns(si.created),
-            filetime_ns(si.modified),
-            filetime_ns(si.changed),
-            filetime_ns(si.accessed),
-            si.attributes,
-            si.security_id,
-            reparse,
-            bool(si.attributes & FILE_ATTRIBUTE_ENCRYPTED),
-        )
+        rec = node.record
+        return _make_stat(number, rec.sequence, rec.is_dir, size, allocated, links, si, reparse)
 
     def names(self, number: int) -> list[FileName]:
         """The $FILE_NAME attributes of a record (every hard link, every namespace)."""
@@ -423,3 +395,32 @@ class NtfsVolume:
                 index.setdefault(sid, (offset + 20, length - 20))
                 pos += (length + 15) & ~15
         return index
+
+
+def _make_stat(
+    number: int,
+    sequence: int,
+    is_dir: bool,
+    size: int,
+    allocated: int,
+    links: int,
+    si: StandardInformation,
+    reparse: Reparse | None,
+) -> NtfsStat:
+    """One NtfsStat, from the lean reading of a record or from its full parse."""
+    return NtfsStat(
+        number,
+        sequence,
+        is_dir,
+        size,
+        allocated,
+        max(1, links),
+        filetime_ns(si.created),
+        filetime_ns(si.modified),
+        filetime_ns(si.changed),
+        filetime_ns(si.accessed),
+        si.attributes,
+        si.security_id,
+        reparse,
+        bool(si.attributes & FILE_ATTRIBUTE_ENCRYPTED),
+    )
