@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -90,6 +91,21 @@ def _all_snapshots(vcsim: Vcsim, moref: str) -> list[str]:
 
     with vcsim.session() as si:
         return [s.name for s in list_snapshots(si, managed(si, moref))]
+
+
+def _hooked_vm(vcsim: Vcsim, vsphere_vm: VsphereVm, name: str, hook: str) -> Any:
+    """A VM on the demo disk whose extraConfig turns on one of the launcher's test hooks."""
+    with vcsim.session() as si:
+        return add_vm(vcsim, si, name, [vsphere_vm.source.sys_vmdk], extra={hook: "true"})
+
+
+def _crash(env: dict[str, str], mnt: Path) -> None:
+    """kill -9 the only mount's server, then clean the dead mount (its snapshot stays)."""
+    pids = list(Path(env["VCBFS_RUN_DIR"]).glob("mount-*.pid"))
+    assert len(pids) == 1
+    os.kill(int(pids[0].read_text()), signal.SIGKILL)
+    time.sleep(0.5)
+    vcbfs(env, "umount", str(mnt))
 
 
 @pytest.fixture
@@ -217,11 +233,7 @@ def test_kill_9_then_cleanup_removes_only_ours(
         create_snapshot(si, vm.moref, "before patching", "the administrator's own snapshot")
     vcbfs(env, "mount", "name:crash-victim", str(mnt))
     assert len(_ours(vcsim, vm.moref)) == 1
-    pids = list((Path(env["VCBFS_RUN_DIR"])).glob("mount-*.pid"))
-    assert len(pids) == 1
-    os.kill(int(pids[0].read_text()), signal.SIGKILL)
-    time.sleep(0.5)
-    vcbfs(env, "umount", str(mnt))  # cleans the dead mount
+    _crash(env, mnt)
     assert len(_ours(vcsim, vm.moref)) == 1  # the crash leaked it ...
     dry = vcbfs(env, "cleanup", "--dry-run").stdout
     assert "would release" in dry and "crash-victim" in dry
@@ -259,14 +271,7 @@ def test_sigterm_releases(
 def test_quiesce_fault_is_a_clear_error(
     env: dict[str, str], vcsim: Vcsim, vsphere_vm: VsphereVm, mnt: Path
 ) -> None:
-    with vcsim.session() as si:
-        vm = add_vm(
-            vcsim,
-            si,
-            "no-vss",
-            [vsphere_vm.source.sys_vmdk],
-            extra={QUIESCE_FAULT_KEY: "true"},
-        )
+    vm = _hooked_vm(vcsim, vsphere_vm, "no-vss", QUIESCE_FAULT_KEY)
     failed = vcbfs(env, "mount", "name:no-vss", str(mnt), check=False)
     assert failed.returncode == 1
     assert "cannot quiesce VM 'no-vss'" in failed.stderr and "--no-quiesce" in failed.stderr
@@ -281,14 +286,7 @@ def test_a_vm_needing_consolidation_is_reported(
     env: dict[str, str], vcsim: Vcsim, vsphere_vm: VsphereVm, mnt: Path
 ) -> None:
     """After its snapshot is released, by the mount or by cleanup, the administrator hears of it."""
-    with vcsim.session() as si:
-        vm = add_vm(
-            vcsim,
-            si,
-            "unmerged",
-            [vsphere_vm.source.sys_vmdk],
-            extra={CONSOLIDATION_KEY: "true"},
-        )
+    vm = _hooked_vm(vcsim, vsphere_vm, "unmerged", CONSOLIDATION_KEY)
     server = subprocess.Popen(
         [sys.executable, "-m", "vcbfs", "mount", "-f", "name:unmerged", str(mnt)],
         env=env,
@@ -314,10 +312,7 @@ def test_a_vm_needing_consolidation_is_reported(
     assert _ours(vcsim, vm.moref) == []
 
     vcbfs(env, "mount", "name:unmerged", str(mnt))
-    pid = int(next(Path(env["VCBFS_RUN_DIR"]).glob("mount-*.pid")).read_text())
-    os.kill(pid, signal.SIGKILL)
-    time.sleep(0.5)
-    vcbfs(env, "umount", str(mnt))
+    _crash(env, mnt)
     done = vcbfs(env, "cleanup").stdout
     assert "unmerged" in done and "needs disk consolidation" in done
     assert _ours(vcsim, vm.moref) == []
