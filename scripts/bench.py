@@ -1271,6 +1271,12 @@ def is_mounted(path: Path) -> bool:
     return False
 
 
+def machine_ticks() -> tuple[int, int]:
+    """(busy, all) CPU ticks of the whole machine so far, every core, from /proc/stat."""
+    ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return sum(ticks) - ticks[3] - ticks[4], sum(ticks)  # idle and iowait are not busy
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of process ``pid`` (all its threads) so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
@@ -1375,6 +1381,8 @@ def run_task(task: MountTask, root: Path) -> bytes:
 @dataclass
 class MountResult(Result):
     cpu: list[float] = field(default_factory=list)  # the server's CPU seconds, run by run
+    peer_cpu: list[float] = field(default_factory=list)  # the simulator's (vsphere only)
+    busy: list[float] = field(default_factory=list)  # the machine's busy share (vsphere only)
 
     @property
     def best_cpu(self) -> float:
@@ -2039,12 +2047,32 @@ def vsphere_bench(
     results["read", "curl"] = MountResult(verified=check.verdict["curl"])
     leaked: list[str] = []
 
+    def load(action: Callable[[], None]) -> Callable[[], None]:
+        """``action``, noting the simulator's CPU seconds and the machine's busy share."""
+
+        def measured() -> None:
+            sim0, (busy0, all0) = cpu_seconds(sim.pid), machine_ticks()
+            action()
+            busy1, all1 = machine_ticks()
+            sim_cpu.append(cpu_seconds(sim.pid) - sim0)
+            busy.append((busy1 - busy0) / max(1, all1 - all0))
+
+        return measured
+
+    sim_cpu: list[float] = []
+    busy: list[float] = []
+
     def curl_once(rep: int) -> None:
         r = results["read", "curl"]
-        t = bench.time(lambda: run([*curl, "-o", os.devnull]))
+        t = bench.time(load(lambda: run([*curl, "-o", os.devnull])))
         r.times.append(t)
         r.cpu.append(0.0)
-        log(f"read curl run {rep + 1}: {t:.2f} s")
+        r.peer_cpu.append(sim_cpu[-1])
+        r.busy.append(busy[-1])
+        log(
+            f"read curl run {rep + 1}: {t:.2f} s (vcsim CPU {sim_cpu[-1]:.2f} s, "
+            f"machine {busy[-1]:.0%} busy)"
+        )
 
     def vcbfs_once(rep: int) -> None:
         mount_s: list[float] = []
@@ -2066,7 +2094,7 @@ def vsphere_bench(
                     run(["cat", target], stdout=null)
                 cpu.append(cpu_seconds(pid) if pid else 0.0)
 
-            t_read = bench.time(read)
+            t_read = bench.time(load(read))
             t0 = time.perf_counter()
             side.release()
             t_umount = time.perf_counter() - t0
@@ -2080,9 +2108,12 @@ def vsphere_bench(
         ):
             results[name, "vcbfs"].times.append(t)
             results[name, "vcbfs"].cpu.append(c)
+            results[name, "vcbfs"].peer_cpu.append(sim_cpu[-1])
+            results[name, "vcbfs"].busy.append(busy[-1])
         log(
             f"vcbfs run {rep + 1}: open {t_open:.2f} s (mount {mount_s[0]:.2f} s), "
-            f"read {t_read:.2f} s (server CPU {cpu[1] - cpu[0]:.2f} s), umount {t_umount:.2f} s"
+            f"read {t_read:.2f} s (server CPU {cpu[1] - cpu[0]:.2f} s, vcsim CPU "
+            f"{sim_cpu[-1]:.2f} s, machine {busy[-1]:.0%} busy), umount {t_umount:.2f} s"
         )
         left = leftovers()
         if left:
@@ -2117,6 +2148,9 @@ def vsphere_bench(
         "curl and vcbfs interleaved; "
         "page cache dropped before each timed step; MB/s = bytes moved / 10^6 / s (vcbfs: "
         "the file; curl: the whole extent)",
+        "server CPU: the vcbfs process's user + system seconds during the read; vcsim CPU: the "
+        "simulator's (it encrypts every byte for both sides); machine busy: the share of all "
+        f"{os.cpu_count()} cores not idle during the read (from /proc/stat)",
         "vcbfs/curl: vcbfs MB/s / curl MB/s (higher is better)",
         *check.lines,
     ]
@@ -2211,6 +2245,8 @@ def print_vsphere_table(
         "median s",
         "MB/s",
         "server CPU s",
+        "vcsim CPU s",
+        "machine busy",
         "vcbfs/curl",
         "target",
         "output",
@@ -2228,12 +2264,15 @@ def print_vsphere_table(
         r = results[key]
         task, tool = key
         if not r.times:
-            row = [task, tool, command, "-", "-", "-", "-", "", ""]
+            row = [task, tool, command, "-", "-", "-", "-", "-", "-", "", ""]
             rows.append([*row, f"skipped: {r.skipped or 'not run'}"])
             continue
         moved = facts["extent_size"] if tool == "curl" else facts["size"]
         mbs = f"{moved / MB / r.best:.0f}" if task == "read" else "-"
         cpu = f"{r.best_cpu:.2f}" if key == ("read", "vcbfs") else "-"
+        best = r.times.index(r.best)
+        sim_cpu = f"{r.peer_cpu[best]:.2f}" if task == "read" else "-"
+        busy = f"{r.busy[best]:.0%}" if task == "read" else "-"
         ratio = target = ""
         if key == ("read", "vcbfs") and curl.times:
             x = (facts["size"] / r.best) / (facts["extent_size"] / curl.best)
@@ -2254,6 +2293,8 @@ def print_vsphere_table(
                 f"{r.median:.2f}",
                 mbs,
                 cpu,
+                sim_cpu,
+                busy,
                 ratio,
                 target,
                 r.verified,
