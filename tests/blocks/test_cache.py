@@ -45,8 +45,28 @@ def test_random_reads_equal_the_base() -> None:
     for _ in range(2000):
         off = rng.randrange(len(DATA) + 10)
         n = rng.choice((1, 100, 64 * KIB, 64 * KIB + 1, 200 * KIB))
-        assert cache.read_at(off, n) == DATA[off : off + n]
-        assert cache._blocks.weight <= 512 * KIB
+        if rng.random() < 0.5:
+            assert cache.read_at(off, n) == DATA[off : off + n]
+        else:
+            got = cache.try_read_at(off, n)
+            assert got is None or bytes(got) == DATA[off : off + n]
+        assert cache._pieces.weight <= 512 * KIB
+        # an evicted piece takes its blocks out of the index with it
+        assert len(cache._where) <= 512 // 64
+
+
+def test_a_read_inside_one_fetched_piece_is_a_view_of_it() -> None:
+    base = MemorySource(DATA)
+    cache = CachedSource(base, block_size=64 * KIB, capacity=4096 * KIB, max_readahead=1024 * KIB)
+    for off in range(0, 2048 * KIB, 64 * KIB):  # a stream: its requests grow
+        cache.read_at(off, 64 * KIB)
+    start, n = max(base.reads, key=lambda r: r[1])
+    assert n >= 8 * 64 * KIB
+    inside = start + 10 * KIB, n - 20 * KIB  # across the blocks of that one request
+    got = cache.try_read_at(*inside)
+    assert isinstance(got, memoryview) and bytes(got) == DATA[inside[0] : sum(inside)]
+    across = cache.try_read_at(start - 4 * KIB, 8 * KIB)  # the end of a piece, the next's start
+    assert across is not None and bytes(across) == DATA[start - 4 * KIB : start + 4 * KIB]
 
 
 def test_sequential_reads_grow_into_few_large_requests() -> None:
@@ -99,7 +119,7 @@ def test_huge_reads_bypass_the_cache() -> None:
     base = MemorySource(DATA)
     cache = CachedSource(base, block_size=64 * KIB, capacity=512 * KIB)
     assert cache.read_at(0, 2048 * KIB) == DATA[: 2048 * KIB]
-    assert len(cache._blocks) == 0
+    assert len(cache._pieces) == 0
 
 
 def test_cached_location_wraps_siblings() -> None:

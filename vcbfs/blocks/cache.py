@@ -3,7 +3,9 @@
 Put it over a source where a round trip costs (a datastore over HTTPS) or where parsers reread
 the same metadata (MFT records, grain tables).  All readers of the source share it:
 
-- fixed-size blocks in an LRU bounded in bytes;
+- fixed-size blocks, kept as the pieces they were fetched in: one request's bytes stay one
+  buffer, evicted as a whole from an LRU bounded in bytes, so a read inside one piece is a view
+  of it (no copy), and the bound counts exactly what is held;
 - readahead per sequential stream: a read that continues where an earlier one ended grows that
   stream's window (doubling up to ``max_readahead``) and the blocks ahead are fetched in the same
   request to the source, so a backup reading a file start to end makes few, large requests;
@@ -23,7 +25,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 
 from vcbfs.blocks.lru import LRU
-from vcbfs.blocks.source import Buffer, ByteSource, Location, Span, assemble
+from vcbfs.blocks.source import Buffer, ByteSource, Location, Span
 
 __all__ = ["CachedLocation", "CachedSource"]
 
@@ -61,6 +63,17 @@ class _Workers:
 _workers = _Workers(WORKERS)
 
 
+class _Piece:
+    """What one request to the source returned: blocks ``first`` .. ``first + count - 1``."""
+
+    __slots__ = ("count", "data", "first")
+
+    def __init__(self, first: int, data: bytes, block_size: int) -> None:
+        self.first = first
+        self.data = data
+        self.count = -(-len(data) // block_size)
+
+
 class _Fetch:
     """One request to the source in progress; waiters block on ``done``."""
 
@@ -89,7 +102,10 @@ class CachedSource(ByteSource):
         self.block_size = block_size
         self.max_window = max(1, max_readahead // block_size)
         self.background = background
-        self._blocks: LRU[int, Buffer] = LRU(capacity, len)
+        self.capacity = capacity
+        # pieces by their first block, and the piece holding each cached block
+        self._pieces: LRU[int, _Piece] = LRU(capacity, lambda p: len(p.data), self._forget)
+        self._where: dict[int, _Piece] = {}
         self._lock = threading.Lock()
         self._inflight: dict[int, _Fetch] = {}
         # next expected block of each sequential stream -> its current window, in blocks
@@ -98,28 +114,54 @@ class CachedSource(ByteSource):
 
     def _read(self, offset: int, n: int) -> bytes:
         bs = self.block_size
-        if n >= self._blocks.capacity // 2:
+        if n >= self.capacity // 2:
             self._count()
             return self.base.read_at(offset, n)
         first, last = offset // bs, (offset + n - 1) // bs
-        return bytes(assemble(self._get_blocks(first, last), offset - first * bs, n))
+        return bytes(self._slice(self._get_pieces(first, last), offset, n))
 
     def _try_read(self, offset: int, n: int) -> Buffer | None:
         """The bytes if every block is cached; the stream table advances as ``_read``'s does."""
         bs = self.block_size
-        if n >= self._blocks.capacity // 2:
+        if n >= self.capacity // 2:
             return None
         first, last = offset // bs, (offset + n - 1) // bs
-        blocks = []
-        for i in range(first, last + 1):
-            block = self._blocks.get(i)
-            if block is None:
+        pieces = []
+        i = first
+        while i <= last:
+            piece = self._piece(i)
+            if piece is None:
                 return None
-            blocks.append(block)
+            pieces.append(piece)
+            i = piece.first + piece.count
         window = self._window(first, last)
         if self.background:
             self._run_ahead(last, window)
-        return assemble(blocks, offset - first * bs, n)
+        return self._slice(pieces, offset, n)
+
+    def _slice(self, pieces: list[_Piece], offset: int, n: int) -> Buffer:
+        """Bytes ``[offset, offset+n)`` from consecutive pieces: a view when one holds all."""
+        bs = self.block_size
+        end = offset + n
+        views = []
+        for p in pieces:
+            start = p.first * bs
+            views.append(memoryview(p.data)[max(offset, start) - start : end - start])
+        return views[0] if len(views) == 1 else b"".join(views)
+
+    def _piece(self, i: int) -> _Piece | None:
+        """The cached piece holding block ``i`` (now the most recently used), or None."""
+        piece = self._where.get(i)
+        if piece is None or self._pieces.get(piece.first) is not piece:
+            return None
+        return piece
+
+    def _forget(self, _first: int, piece: _Piece) -> None:
+        """The LRU dropped ``piece``: its blocks are no longer cached (LRU lock held)."""
+        where = self._where
+        for i in range(piece.first, piece.first + piece.count):
+            if where.get(i) is piece:
+                where.pop(i, None)
 
     def _window(self, first: int, last: int) -> int:
         """Readahead in blocks for a read of ``first..last``; updates the stream table."""
@@ -140,13 +182,13 @@ class CachedSource(ByteSource):
         horizon = min(-(-self.size // self.block_size) - 1, last + window)
         with self._lock:
             a = last + 1
-            while a <= horizon and (a in self._blocks or a in self._inflight):
+            while a <= horizon and (a in self._where or a in self._inflight):
                 a += 1
             if horizon - a + 1 < window // 2:
                 return  # most of the horizon is there or coming: wait for more to be read
             fetch = _Fetch()
             b = a
-            while b <= horizon and b not in self._blocks and b not in self._inflight:
+            while b <= horizon and b not in self._where and b not in self._inflight:
                 self._inflight[b] = fetch
                 b += 1
         _workers.submit(lambda: self._fetch_in_background(a, b - 1, fetch))
@@ -160,26 +202,28 @@ class CachedSource(ByteSource):
                     self._inflight.pop(j, None)
             fetch.done.set()
 
-    def _get_blocks(self, first: int, last: int) -> list[bytes]:
+    def _get_pieces(self, first: int, last: int) -> list[_Piece]:
         window = self._window(first, last)
         if self.background:
             try:
-                return self._blocks_now(first, last, window)
+                return self._pieces_now(first, last, window)
             finally:
                 self._run_ahead(last, window)
-        return self._blocks_now(first, last, window)
+        return self._pieces_now(first, last, window)
 
-    def _blocks_now(self, first: int, last: int, window: int) -> list[bytes]:
-        nblocks = -(-self.size // self.block_size)
+    def _pieces_now(self, first: int, last: int, window: int) -> list[_Piece]:
+        """The pieces holding blocks ``first..last``, in order, fetching what is missing."""
+        bs = self.block_size
+        nblocks = -(-self.size // bs)
         ahead_end = min(nblocks - 1, last + window)
-        got: dict[int, bytes] = {}
+        got: dict[int, _Piece] = {}
         waits: list[tuple[int, _Fetch]] = []
         missing: list[int] = []
         with self._lock:
             for i in range(first, last + 1):
-                block = self._blocks.get(i)
-                if block is not None:
-                    got[i] = block
+                piece = self._piece(i)
+                if piece is not None:
+                    got[i] = piece
                 elif i in self._inflight:
                     waits.append((i, self._inflight[i]))
                 else:
@@ -188,7 +232,7 @@ class CachedSource(ByteSource):
             # blocks are there already, and past it the next miss fetches the next window.
             if missing and missing[-1] == last:
                 i = last + 1
-                while i <= ahead_end and i not in self._inflight and i not in self._blocks:
+                while i <= ahead_end and i not in self._inflight and i not in self._where:
                     missing.append(i)
                     i += 1
             mine: list[tuple[int, int, _Fetch]] = []
@@ -211,25 +255,30 @@ class CachedSource(ByteSource):
                 fetch.done.set()
         for i, fetch in waits:
             fetch.done.wait()
-            block = self._blocks.get(i)
-            if block is None:  # the fetch failed or the block was already evicted: read it
+            piece = self._piece(i)
+            if piece is None:  # the fetch failed or was already evicted: read it, uncached
                 self._count()
-                block = self.base.read_at(i * self.block_size, self.block_size)
-            got[i] = block
-        return [got[i] for i in range(first, last + 1)]
+                piece = _Piece(i, self.base.read_at(i * bs, bs), bs)
+            got[i] = piece
+        pieces: list[_Piece] = []
+        for i in range(first, last + 1):
+            if not pieces or pieces[-1] is not got[i]:
+                pieces.append(got[i])
+        return pieces
 
-    def _fetch(self, a: int, b: int, got: dict[int, bytes], last: int) -> None:
-        """Read blocks ``a..b`` in one request; cache them all, keep the wanted ones."""
-        bs = self.block_size
+    def _fetch(self, a: int, b: int, got: dict[int, _Piece], last: int) -> None:
+        """Read blocks ``a..b`` in one request and cache them as one piece."""
         self._count()
-        # Blocks are copies, not views of ``data``: a view would keep all of a window's
-        # buffer alive for as long as any one of its blocks stays cached.
-        data = self.base.read_at(a * bs, (b - a + 1) * bs)
-        for i in range(a, b + 1):
-            block = data[(i - a) * bs : (i - a + 1) * bs]
-            self._blocks.put(i, block)
-            if i <= last:
-                got[i] = block
+        piece = _Piece(
+            a,
+            self.base.read_at(a * self.block_size, (b - a + 1) * self.block_size),
+            self.block_size,
+        )
+        if self._pieces.put(a, piece):
+            for i in range(a, a + piece.count):
+                self._where[i] = piece
+        for i in range(a, min(b, last) + 1):
+            got[i] = piece
 
     def _count(self) -> None:
         with self._lock:
@@ -242,7 +291,8 @@ class CachedSource(ByteSource):
         return self.base.direct(offset, n)
 
     def close(self) -> None:
-        self._blocks.clear()
+        self._pieces.clear()
+        self._where.clear()
         self.base.close()
 
 

@@ -20,11 +20,19 @@ __all__ = ["LRU"]
 class LRU(Generic[K, V]):
     """Keep values while their summed ``weigh(value)`` stays within ``capacity``."""
 
-    def __init__(self, capacity: int, weigh: Callable[[V], int] = lambda _v: 1):
+    def __init__(
+        self,
+        capacity: int,
+        weigh: Callable[[V], int] = lambda _v: 1,
+        dropped: Callable[[K, V], object] | None = None,
+    ):
+        """``dropped(key, value)`` is told of every value evicted or replaced, with the LRU's
+        lock held: it must not call back into this LRU."""
         if capacity <= 0:
             raise ValueError("LRU capacity must be positive")
         self.capacity = capacity
         self._weigh = weigh
+        self._dropped = dropped
         self._items: OrderedDict[K, V] = OrderedDict()
         self._weight = 0
         self._lock = threading.Lock()
@@ -36,19 +44,25 @@ class LRU(Generic[K, V]):
                 self._items.move_to_end(key)
             return value
 
-    def put(self, key: K, value: V) -> None:
+    def put(self, key: K, value: V) -> bool:
+        """Keep ``value``; False if it alone outweighs the whole LRU (then it is not kept)."""
         w = self._weigh(value)
         if w > self.capacity:
-            return  # larger than the whole cache: not worth evicting everything for
+            return False  # not worth evicting everything for
         with self._lock:
             old = self._items.pop(key, None)
             if old is not None:
                 self._weight -= self._weigh(old)
+                if self._dropped is not None and old is not value:
+                    self._dropped(key, old)
             self._items[key] = value
             self._weight += w
             while self._weight > self.capacity:
-                _, dropped = self._items.popitem(last=False)
-                self._weight -= self._weigh(dropped)
+                gone_key, gone = self._items.popitem(last=False)
+                self._weight -= self._weigh(gone)
+                if self._dropped is not None:
+                    self._dropped(gone_key, gone)
+        return True
 
     def discard(self, key: K) -> None:
         with self._lock:
