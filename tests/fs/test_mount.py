@@ -124,8 +124,8 @@ def test_data_volume_equals_ntfs3g(mnt: Path, test_vm: TestVm) -> None:
         _created, written, accessed, changed = (_ns(t) for t in ref["ntfs_times"])
         exp = (ref["type"], written, changed, accessed)
         if kind == "file":
-            got += (st.st_size, st.st_nlink, _sha256(root / rel))
-            exp += (ref["size"], ref["nlink"], ref["sha256"])
+            got += (st.st_size, st.st_blocks * 512, st.st_nlink, _sha256(root / rel))
+            exp += (ref["size"], ref["allocated"], ref["nlink"], ref["sha256"])
         if got != exp:
             bad.append((rel, got, exp))
     assert bad == []

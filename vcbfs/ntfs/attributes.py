@@ -59,6 +59,7 @@ _TYPE = struct.Struct("<I")
 _HEADER = struct.Struct("<IIBBHHH")
 _RESIDENT = struct.Struct("<IH")
 _NONRESIDENT = struct.Struct("<QQHH4xQQQ")
+_U64 = struct.Struct("<Q")
 
 
 @dataclass(slots=True)
@@ -79,10 +80,17 @@ class Attribute:
     allocated_size: int = 0
     data_size: int = 0
     initialized_size: int = 0
+    total_allocated: int = 0  # clusters really held: less than allocated_size if sparse/compressed
 
     @property
     def size(self) -> int:
         return len(self.value) if self.resident else self.data_size
+
+    @property
+    def on_disk(self) -> int:
+        """Bytes the data takes on the volume, as ``st_blocks`` counts them (and ntfs-3g does):
+        a resident value its 8-aligned length in the record, else the clusters held."""
+        return (len(self.value) + 7) & ~7 if self.resident else self.total_allocated
 
     @property
     def compressed(self) -> bool:
@@ -142,6 +150,9 @@ def parse_attributes(
                 raise bad(f"VCN range {start}..{last} is not valid", pos)
             if init > size or size > 1 << 62 or alloc > 1 << 62 or cu > 16:
                 raise bad(f"sizes are not valid (alloc {alloc}, data {size}, init {init})", pos)
+            total = _total_allocated(buf, pos, flags, roff, alloc)
+            if total is None:
+                raise bad("total allocated size is not valid", pos)
             runlist = bytes(buf[pos + roff : pos + length])
             out.append(
                 Attribute(
@@ -159,6 +170,7 @@ def parse_attributes(
                     alloc,
                     size,
                     init,
+                    total,
                 )
             )
         else:
@@ -166,11 +178,23 @@ def parse_attributes(
         pos += length
 
 
+def _total_allocated(
+    buf: bytes | bytearray, pos: int, flags: int, roff: int, alloc: int
+) -> int | None:
+    """A compressed or sparse attribute's count of bytes in clusters it really holds (its
+    header's 8 bytes after the initialized size); any other holds all it allocates.  None if
+    the field is out of bounds."""
+    if not flags & (FLAG_COMPRESSED | FLAG_SPARSE) or roff < 72:
+        return alloc
+    (total,) = _U64.unpack_from(buf, pos + 64)
+    return total if total <= alloc else None
+
+
 def scan_for_stat(buf: bytes, first: int, used: int) -> tuple[bytes, int, int, int] | None:
     """What a listing needs from a base record, read without building ``Attribute`` objects.
 
     Returns ($STANDARD_INFORMATION value, the count of $FILE_NAMEs that are not DOS-only, the
-    unnamed data's size and allocated size), as ``parse_attributes`` would give them.  None
+    unnamed data's size and ``Attribute.on_disk``), as ``parse_attributes`` would give them.  None
     means "use ``parse_attributes``": an attribute list or a reparse point (which need more
     than this), a non-resident $STANDARD_INFORMATION, or anything malformed, so that the full
     parser names the fault.  Every directory listing stats each entry, so this is the hot path
@@ -187,7 +211,7 @@ def scan_for_stat(buf: bytes, first: int, used: int) -> tuple[bytes, int, int, i
             if pos + 4 <= limit and _TYPE.unpack_from(buf, pos)[0] == END:
                 break
             return None
-        atype, length, nonres, name_len, name_off, _flags, _id = _HEADER.unpack_from(buf, pos)
+        atype, length, nonres, name_len, name_off, flags, _id = _HEADER.unpack_from(buf, pos)
         if atype == END:
             break
         if length < 24 or length % 8 or pos + length > limit:
@@ -208,7 +232,7 @@ def scan_for_stat(buf: bytes, first: int, used: int) -> tuple[bytes, int, int, i
                 if si is None:
                     si = buf[at : at + vlen]
             elif atype == AT.DATA and not name_len and data_vcn != 0:
-                data_vcn, size, allocated = 0, vlen, 0
+                data_vcn, size, allocated = 0, vlen, (vlen + 7) & ~7
         elif nonres == 1:
             if length < 64:
                 return None
@@ -219,8 +243,11 @@ def scan_for_stat(buf: bytes, first: int, used: int) -> tuple[bytes, int, int, i
                 return None
             if atype == AT.STANDARD_INFORMATION:
                 return None
+            total = _total_allocated(buf, pos, flags, roff, alloc)
+            if total is None:
+                return None
             if atype == AT.DATA and not name_len and (data_vcn < 0 or start < data_vcn):
-                data_vcn, size, allocated = start, dsize, alloc
+                data_vcn, size, allocated = start, dsize, total
         else:
             return None
         pos += length

@@ -236,7 +236,7 @@ class NtfsVolume:
         size = allocated = 0
         if first is not None:
             size = first.size
-            allocated = 0 if first.resident else first.allocated_size
+            allocated = first.on_disk
         reparse = None
         if has_reparse or si.attributes & FILE_ATTRIBUTE_REPARSE_POINT:
             value = self._small_value(node, AT.REPARSE_POINT, limit=16 << 10)
