@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -13,6 +14,7 @@ import sys
 import tarfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -52,6 +54,43 @@ def _mount(vm: TestVm, mnt: Path) -> None:
 def _umount(mnt: Path) -> None:
     if os.path.ismount(mnt):
         vcbfs("umount", str(mnt))
+
+
+@dataclass
+class _Served:
+    process: subprocess.Popen[str]
+    stderr: str = ""  # all the server said, once it has exited
+
+
+@contextlib.contextmanager
+def _foreground(source: Path, mnt: Path) -> Iterator[_Served]:
+    """``vcbfs mount -f SOURCE MNT``, serving; afterwards unmounted, exited, its stderr read."""
+    mnt.mkdir(exist_ok=True)
+    argv = [sys.executable, "-m", "vcbfs", "mount", "-f", str(source), str(mnt)]
+    served = _Served(
+        subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not os.path.ismount(mnt):
+            assert served.process.poll() is None, served.process.communicate()[1]
+            assert time.monotonic() < deadline, "the mount never came up"
+            time.sleep(0.05)
+        yield served
+    finally:
+        _umount(mnt)
+        try:
+            served.stderr = served.process.communicate(timeout=60)[1]
+        finally:
+            if served.process.poll() is None:
+                served.process.kill()
+                served.process.wait()
 
 
 @pytest.fixture(scope="module")
@@ -320,8 +359,12 @@ def test_a_failed_fuse_mount_still_closes_the_model(test_vm: TestVm, tmp_path: P
     assert events == ["close", "cleanup"]
 
 
-def test_a_corrupt_file_is_eio_and_the_mount_stays_up(test_vm: TestVm, tmp_path: Path) -> None:
-    """A torn MFT record fails that one file; its directory and siblings stay readable."""
+def test_a_corrupt_file_is_listed_fails_with_eio_and_is_logged(
+    test_vm: TestVm, tmp_path: Path
+) -> None:
+    """A torn MFT record fails that one file, but it is still listed, so that a backup meets
+    it and reports it instead of silently going without it; the server's log names it, and
+    its directory and siblings stay readable."""
     from tests.ntfs.patching import read_record
     from vcbfs.blocks.local import LocalSource
     from vcbfs.ntfs.volume import NtfsVolume
@@ -335,18 +378,65 @@ def test_a_corrupt_file_is_eio_and_the_mount_stays_up(test_vm: TestVm, tmp_path:
         f.seek(offset + 1022)
         f.write(b"\xde\xad")
     path = tmp_path / "m"
-    _mount_source(image, path)
-    try:
+    with _foreground(image, path) as served:
         root = path / "digits/1"
+        assert "boot.ini" in os.listdir(root)
         with pytest.raises(OSError) as info:
             (root / "boot.ini").read_bytes()
         assert info.value.errno == errno.EIO
-        assert "boot.ini" not in os.listdir(root)  # left out of the listing, not fatal
+        tar = subprocess.run(
+            ["tar", "cf", str(tmp_path / "backup.tar"), "."],  # not /dev/null: tar skips reading
+            cwd=root,
+            stderr=subprocess.PIPE,
+            text=True,
+            check=False,
+        )
+        assert tar.returncode != 0
+        assert "./boot.ini: Cannot open: Input/output error" in tar.stderr
         want = SYS_FILES["Users/Public/Documents/report.txt"]
         assert (root / "Users/Public/Documents/report.txt").read_bytes() == want
+    assert not os.path.ismount(path)
+    assert served.process.returncode == 0
+    assert "digits/1: 'boot.ini' in directory record 5 is unreadable" in served.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_unmounts_a_foreground_mount(
+    test_vm: TestVm, tmp_path: Path, sig: signal.Signals
+) -> None:
+    path = tmp_path / "m"
+    with _foreground(test_vm.vmx, path) as served:
+        assert (path / "letters/C/boot.ini").read_bytes() == SYS_FILES["boot.ini"]
+        served.process.send_signal(sig)
+        served.process.wait(60)
+        assert not os.path.ismount(path)
+    assert served.process.returncode == 0, served.stderr
+
+
+def test_a_name_with_a_colon_is_a_file_and_file_colon_stream_a_stream(tmp_path: Path) -> None:
+    """NTFS's POSIX namespace allows ':' in a name (ntfs-3g writes such names): the whole name
+    is looked up first, before ``FILE:STREAM``, and without a listing having been read."""
+    from tests.ntfs.ntfsimages import ntfs3g_mounted
+
+    image = tmp_path / "colon.img"
+    with image.open("wb") as f:
+        f.truncate(16 << 20)
+    subprocess.run(["mkntfs", "-F", "-Q", "-q", str(image)], check=True, capture_output=True)
+    with ntfs3g_mounted(image, "streams_interface=xattr") as m:
+        (m / "a:b").write_bytes(b"a colon\n")
+        (m / "c").write_bytes(b"plain\n")
+        os.setxattr(m / "c", "user.d", b"a stream\n")
+    path = tmp_path / "m"
+    _mount_source(image, path)
+    try:
+        root = path / "digits/1"
+        assert (root / "a:b").read_bytes() == b"a colon\n"
+        assert (root / "c:d").read_bytes() == b"a stream\n"
+        with pytest.raises(FileNotFoundError):
+            (root / "a:c").stat()
+        assert sorted(os.listdir(root)) == ["a:b", "c"]
     finally:
         _umount(path)
-    assert not os.path.ismount(path)
 
 
 def _mount_source(source: Path, mnt: Path) -> None:

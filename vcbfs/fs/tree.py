@@ -24,6 +24,7 @@ is looked up but not listed).  Windows metadata is kept under the names ntfs-3g 
 from __future__ import annotations
 
 import itertools
+import logging
 import posixpath
 import stat
 import struct
@@ -34,12 +35,14 @@ from dataclasses import dataclass
 from vcbfs.blocks.lru import LRU
 from vcbfs.blocks.source import ByteSource
 from vcbfs.errors import NotADirectory, NotFoundError, VcbfsError
-from vcbfs.ntfs.attributes import FILETIME_EPOCH
+from vcbfs.ntfs.attributes import FILETIME_EPOCH, filetime_ns
 from vcbfs.ntfs.volume import ROOT as NTFS_ROOT
-from vcbfs.ntfs.volume import NtfsVolume
+from vcbfs.ntfs.volume import DirEntry, NtfsVolume
 from vcbfs.vm.image import VmImage, Volume
 
 __all__ = ["Attr", "Tree"]
+
+log = logging.getLogger(__name__)
 
 ROOT_INO = 1
 VIEW_SHIFT = 40
@@ -288,10 +291,13 @@ class Tree:
             return self.getattr(ino)
         view, record = found
         vol = view.volume.ntfs()
-        base, colon, stream = name.partition(":")
-        entry = vol.child(record, base)
-        if colon:
-            return self._stream_attr(view, entry.record, stream)
+        try:
+            entry = vol.child(record, name)  # a POSIX-namespace name may hold a colon itself
+        except NotFoundError:
+            base, colon, stream = name.partition(":")
+            if not colon:
+                raise
+            return self._stream_attr(view, vol.child(record, base).record, stream)
         return self.getattr((view.key << VIEW_SHIFT) | entry.record)
 
     def _stream_key(self, ino: int) -> tuple[_View, int, str]:
@@ -364,9 +370,37 @@ class Tree:
             child = base | entry.record
             try:
                 listing.append((entry.name, self._ntfs_attr(view, vol, entry.record, child)))
-            except VcbfsError:
-                continue  # a corrupt entry is left out of the listing; a lookup gives EIO
+            except VcbfsError as exc:
+                # Listed all the same, so that a backup meets the file and reports its EIO
+                # rather than silently going without it.
+                log.error(
+                    "%s: %r in directory record %d is unreadable (reading it gives EIO): %s",
+                    view.path,
+                    entry.name,
+                    record,
+                    exc.describe(),
+                )
+                listing.append((entry.name, self._indexed_attr(entry, child)))
         return listing
+
+    def _indexed_attr(self, entry: DirEntry, ino: int) -> Attr:
+        """What the directory's index says of an entry whose own record cannot be read."""
+        fn = entry.indexed
+        if entry.is_dir:
+            mode, nlink, size, blocks = stat.S_IFDIR | self.dir_mode, 2, 0, 0
+        else:
+            mode, nlink = stat.S_IFREG | self.file_mode, 1
+            size, blocks = fn.data_size, (fn.allocated_size + 511) // 512
+        return Attr(
+            ino,
+            mode,
+            nlink,
+            size,
+            blocks,
+            filetime_ns(fn.accessed),
+            filetime_ns(fn.modified),
+            filetime_ns(fn.changed),
+        )
 
     def open(self, ino: int) -> ByteSource:
         if ino & STREAM_INO:

@@ -53,6 +53,7 @@ class DirEntry(NamedTuple):
     record: int
     sequence: int
     is_dir: bool
+    indexed: FileName  # the $FILE_NAME copy in the directory's index (sizes may be stale)
 
 
 class NtfsStat(NamedTuple):
@@ -282,7 +283,7 @@ class NtfsVolume:
             assert key is not None
             if key.namespace == NS_DOS or e.record < FIRST_USER_RECORD:
                 continue
-            yield DirEntry(key.name, e.record, e.seq, bool(key.flags & DUP_DIRECTORY))
+            yield DirEntry(key.name, e.record, e.seq, bool(key.flags & DUP_DIRECTORY), key)
 
     def child(self, number: int, name: str) -> DirEntry:
         """The entry ``name`` in a directory: an exact match first, else one ignoring case."""
@@ -296,7 +297,7 @@ class NtfsVolume:
         exact = [e for e in found if e.key is not None and e.key.name == name]
         e = (exact or found)[0]
         assert e.key is not None
-        return DirEntry(e.key.name, e.record, e.seq, bool(e.key.flags & DUP_DIRECTORY))
+        return DirEntry(e.key.name, e.record, e.seq, bool(e.key.flags & DUP_DIRECTORY), e.key)
 
     def lookup(self, path: str) -> int:
         """The record number of ``path`` ('/'- or '\\'-separated, from the root)."""
