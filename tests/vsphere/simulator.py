@@ -40,6 +40,7 @@ __all__ = [
     "CONSOLIDATION_KEY",
     "DEFAULT_DATASTORE",
     "QUIESCE_FAULT_KEY",
+    "SNAPSHOT_SECONDS_KEY",
     "DiskInfo",
     "SnapshotInfo",
     "Vcsim",
@@ -65,6 +66,7 @@ SYSTEM_GOPATH = Path("/usr/share/gocode")
 DEFAULT_DATASTORE = "LocalDS_0"
 QUIESCE_FAULT_KEY = "vcbfs.test.quiesceFault"  # see vcsim/hooks.go
 CONSOLIDATION_KEY = "vcbfs.test.consolidationNeeded"  # see vcsim/hooks.go
+SNAPSHOT_SECONDS_KEY = "vcbfs.test.snapshotSeconds"  # see vcsim/hooks.go
 START_TIMEOUT = 30.0
 TASK_TIMEOUT = 60.0
 SECTOR = 512

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.vsphere.conftest import DEMO_IP, DEMO_VM, VsphereVm
-from tests.vsphere.simulator import Vcsim, add_vm, create_snapshot, list_snapshots, managed
+from tests.vsphere.simulator import (
+    SNAPSHOT_SECONDS_KEY,
+    Vcsim,
+    add_vm,
+    create_snapshot,
+    list_snapshots,
+    managed,
+)
 from vcbfs.errors import AccessDeniedError
 from vcbfs.vsphere import session as session_mod
 from vcbfs.vsphere.datastore import Datastores
@@ -16,6 +25,7 @@ from vcbfs.vsphere.inventory import NameCache, VmInfo, find_vms, list_vms, selec
 from vcbfs.vsphere.session import LoginError, Session
 from vcbfs.vsphere.snapshots import Journal, cleanup, release, take
 from vcbfs.vsphere.spec import parse_spec
+from vcbfs.vsphere.tasks import TaskTimeout
 
 
 @pytest.fixture
@@ -98,6 +108,64 @@ def test_take_release_and_cleanup(
     with vcsim.session() as si:
         left = [s.name for s in list_snapshots(si, managed(si, info.moref))]
     assert left == ["vcbfs-backup lookalike"]
+
+
+def _snapshot_names(vcsim: Vcsim, moref: str) -> list[str]:
+    with vcsim.session() as si:
+        return [s.name for s in list_snapshots(si, managed(si, moref))]
+
+
+def test_the_journal_comes_first_and_the_snapshot_is_quiesced_without_memory(
+    session: Session, vcsim: Vcsim, vsphere_vm: VsphereVm, tmp_path: Path, monkeypatch: Any
+) -> None:
+    with vcsim.session() as si:
+        add_vm(vcsim, si, "ordered-vm", [vsphere_vm.source.sys_vmdk])
+    vm = find_vms(session, parse_spec("name:ordered-vm"))[0]
+    journal = Journal(tmp_path / "journal")
+    asked: list[tuple[dict[str, Any], list[str]]] = []
+    call = session.call
+
+    def spy(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        if "quiesce" in kwargs:  # CreateSnapshot_Task: what the journal holds when it is asked
+            asked.append((kwargs, [e.snapshot_name for e in journal.entries()]))
+        return call(fn, *args, **kwargs)
+
+    monkeypatch.setattr(session, "call", spy)
+    snap = take(session, vm, journal)
+    [(kwargs, journaled)] = asked
+    assert journaled == [kwargs["name"]] == [snap.entry.snapshot_name]
+    assert kwargs["memory"] is False and kwargs["quiesce"] is True
+    release(session, snap, journal)
+
+
+def test_a_create_that_outlasts_its_timeout_leaves_no_snapshot(
+    session: Session, vcsim: Vcsim, vsphere_vm: VsphereVm, tmp_path: Path
+) -> None:
+    """The simulator's create task runs 2 s and cannot be cancelled (like many vSphere tasks).
+    Made within the grace, the snapshot is removed at once; made later, it is left to cleanup
+    through a disowned journal entry, even while the process that asked for it runs on."""
+    with vcsim.session() as si:
+        info = add_vm(
+            vcsim, si, "slow-snap", [vsphere_vm.source.sys_vmdk], extra={SNAPSHOT_SECONDS_KEY: "2"}
+        )
+    vm = find_vms(session, parse_spec("name:slow-snap"))[0]
+    journal = Journal(tmp_path / "journal")
+    with pytest.raises(TaskTimeout, match="not taken after 0 s; it was made late, and has been"):
+        take(session, vm, journal, timeout=0.3, grace=30)
+    assert journal.entries() == [] and _snapshot_names(vcsim, info.moref) == []
+
+    with pytest.raises(TaskTimeout, match="vcbfs cleanup` removes its snapshot once made"):
+        take(session, vm, journal, timeout=0.3, grace=0.3)
+    [entry] = journal.entries()
+    assert not entry.alive()
+    deadline = time.monotonic() + 30
+    while _snapshot_names(vcsim, info.moref) != [entry.snapshot_name]:
+        assert time.monotonic() < deadline, "the slow snapshot never appeared"
+        time.sleep(0.2)
+    assert [(a.snapshot, a.done) for a in cleanup(session, journal)] == [
+        (entry.snapshot_name, True)
+    ]
+    assert journal.entries() == [] and _snapshot_names(vcsim, info.moref) == []
 
 
 def test_the_simulators_own_certificate(tmp_path: Path) -> None:

@@ -34,7 +34,7 @@ from vcbfs.errors import VsphereError
 from vcbfs.process import boot_id, start_time
 from vcbfs.vsphere.inventory import VmInfo
 from vcbfs.vsphere.session import Session, fault_text
-from vcbfs.vsphere.tasks import TaskError, wait_task
+from vcbfs.vsphere.tasks import TaskError, TaskTimeout, wait_task
 
 __all__ = ["Journal", "JournalEntry", "QuiesceError", "Snapshot", "cleanup", "release", "take"]
 
@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 PREFIX = "vcbfs-backup"
 NAME_RE = re.compile(rf"^{PREFIX} (\S+) ([0-9a-f]{{32}})$")
 CREATE_TIMEOUT = 3600.0
+CANCEL_GRACE = 300.0  # after CREATE_TIMEOUT: how long a cancelled create may take to end
 REMOVE_TIMEOUT = 6 * 3600.0  # consolidating a big delta takes long
 MAX_TREE = 10_000
 
@@ -163,8 +164,20 @@ def snapshot_list(session: Session, vm_ref: Any) -> list[Any]:
     return list(_walk(info.rootSnapshotList)) if info is not None else []
 
 
-def take(session: Session, vm: VmInfo, journal: Journal, *, quiesce: bool = True) -> Snapshot:
-    """A tagged, journaled snapshot of ``vm`` (memory off; quiesced unless told not to)."""
+def take(
+    session: Session,
+    vm: VmInfo,
+    journal: Journal,
+    *,
+    quiesce: bool = True,
+    timeout: float = CREATE_TIMEOUT,
+    grace: float = CANCEL_GRACE,
+) -> Snapshot:
+    """A tagged, journaled snapshot of ``vm`` (memory off; quiesced unless told not to).
+
+    A create still running after ``timeout`` seconds is cancelled; what it makes within
+    ``grace`` more seconds is removed at once, and after that it is left to ``cleanup``.
+    """
     entry_id = uuid.uuid4().hex
     proxy = proxy_name()
     pid = os.getpid()
@@ -195,7 +208,12 @@ def take(session: Session, vm: VmInfo, journal: Journal, *, quiesce: bool = True
             memory=False,
             quiesce=quiesce,
         )
-        ref = wait_task(session, task, what=what, timeout=CREATE_TIMEOUT)
+        ref = wait_task(session, task, what=what, timeout=timeout)
+    except TaskTimeout:
+        outcome = _abandon(session, vm, entry, journal, task, grace)
+        raise TaskTimeout(
+            f"{what}: not taken after {timeout:.0f} s; {outcome}", source=session.host
+        ) from None
     except (TaskError, vmodl.MethodFault) as exc:
         _forget_failed(session, vm, entry, journal)
         fault = exc.fault if isinstance(exc, TaskError) else exc
@@ -219,6 +237,39 @@ def _is_quiesce_fault(fault: Any) -> bool:
     if isinstance(fault, vim.fault.ApplicationQuiesceFault | vim.fault.GuestOperationsFault):
         return True
     return "quiesc" in fault_text(fault).lower() if fault is not None else False
+
+
+def _abandon(
+    session: Session, vm: VmInfo, entry: JournalEntry, journal: Journal, task: Any, grace: float
+) -> str:
+    """After a create timed out: cancel it, and remove the snapshot should it still be made.
+
+    If the task is still running after ``grace`` seconds, its journal entry is disowned (no
+    owning process) so that the next ``vcbfs cleanup`` removes the snapshot once it exists,
+    even while this process runs on (a standing automount).  Says what became of it.
+    """
+    try:
+        session.call(task.CancelTask)
+    except vmodl.MethodFault as exc:
+        log.info("cannot cancel the snapshot task on %s: %s", vm.name, fault_text(exc))
+    what = f"the cancelled snapshot of VM {vm.name!r} ({vm.moref})"
+    try:
+        ref = wait_task(session, task, what=what, timeout=grace)
+    except TaskTimeout:
+        entry.pid, entry.started = 0, ""
+        journal.write(entry)
+        return "the task still runs in vSphere; `vcbfs cleanup` removes its snapshot once made"
+    except (TaskError, vmodl.MethodFault):
+        _forget_failed(session, vm, entry, journal)
+        return "the task was cancelled"
+    try:
+        _remove(session, ref, vm.name)
+    except VsphereError as exc:
+        entry.pid, entry.started = 0, ""
+        journal.write(entry)
+        return f"it was made late and could not be removed ({exc}); `vcbfs cleanup` retries"
+    journal.remove(entry.id)
+    return "it was made late, and has been removed"
 
 
 def _forget_failed(session: Session, vm: VmInfo, entry: JournalEntry, journal: Journal) -> None:

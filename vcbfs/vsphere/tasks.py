@@ -14,7 +14,7 @@ from typing import Any
 from vcbfs.errors import VsphereError
 from vcbfs.vsphere.session import Session, fault_text
 
-__all__ = ["TaskError", "wait_task"]
+__all__ = ["TaskError", "TaskTimeout", "wait_task"]
 
 POLL_FIRST = 0.1
 POLL_MAX = 2.0
@@ -26,6 +26,10 @@ class TaskError(VsphereError):
     def __init__(self, message: str, *, fault: Any = None, source: str | None = None):
         self.fault = fault
         super().__init__(message, source=source)
+
+
+class TaskTimeout(TaskError):
+    """The task had not ended when the wait ran out; it goes on in vSphere."""
 
 
 def wait_task(session: Session, task: Any, *, what: str, timeout: float = 3600.0) -> Any:
@@ -42,7 +46,7 @@ def wait_task(session: Session, task: Any, *, what: str, timeout: float = 3600.0
             text = fault_text(fault) if fault is not None else "failed without a reason"
             raise TaskError(f"{what}: {text}", fault=fault, source=session.host)
         if time.monotonic() + delay > deadline:
-            raise TaskError(
+            raise TaskTimeout(
                 f"{what}: still {state or 'pending'} after {timeout:.0f} s; "
                 "the task goes on in vSphere",
                 source=session.host,

@@ -9,8 +9,10 @@ import (
 	"path"
 	"reflect"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/vmware/govmomi/simulator"
 	"github.com/vmware/govmomi/vim25/methods"
@@ -30,6 +32,14 @@ const quiesceFaultType = "VcbfsQuiesceFault"
 
 const quiesceFaultMessage = "An error occurred while saving the snapshot: " +
 	"Failed to quiesce the virtual machine."
+
+// SnapshotSecondsKey in a VM's extraConfig, set to a number N, makes CreateSnapshot_Task on it
+// answer at once with a task that stays running for N seconds and only then makes the
+// snapshot, as a slow quiesce or a busy host does. CancelTask is not supported, as for many
+// vSphere tasks.
+const SnapshotSecondsKey = "vcbfs.test.snapshotSeconds"
+
+const slowSnapshotType = "VcbfsSlowSnapshot"
 
 // installHooks wraps the server's handler and registers the layoutEx repair. It runs before the
 // URL is printed, so no client can have connected yet.
@@ -86,19 +96,30 @@ func redirectQuiescedSnapshot(body []byte) []byte {
 		return body
 	}
 	var env snapshotEnvelope
-	if xml.Unmarshal(body, &env) != nil || env.Body.Request == nil || !env.Body.Request.Quiesce {
+	if xml.Unmarshal(body, &env) != nil || env.Body.Request == nil {
 		return body
 	}
 	this := env.Body.Request.This
 	vmRef := types.ManagedObjectReference{Type: this.Type, Value: strings.TrimSpace(this.Value)}
-	if vmRef.Type != "VirtualMachine" || !wantsQuiesceFault(vmRef) {
+	if vmRef.Type != "VirtualMachine" {
 		return body
 	}
-	target := types.ManagedObjectReference{Type: quiesceFaultType, Value: vmRef.Value}
-	if simulator.Map.Get(target) == nil {
-		simulator.Map.Put(&quiesceFaulter{ExtensibleManagedObject: mo.ExtensibleManagedObject{Self: target}})
+	var target types.ManagedObjectReference
+	if env.Body.Request.Quiesce && extraConfigOf(vmRef, QuiesceFaultKey) == "true" {
+		target = types.ManagedObjectReference{Type: quiesceFaultType, Value: vmRef.Value}
+		if simulator.Map.Get(target) == nil {
+			simulator.Map.Put(&quiesceFaulter{ExtensibleManagedObject: mo.ExtensibleManagedObject{Self: target}})
+		}
+	} else if seconds, err := strconv.ParseFloat(extraConfigOf(vmRef, SnapshotSecondsKey), 64); err == nil {
+		target = types.ManagedObjectReference{Type: slowSnapshotType, Value: vmRef.Value}
+		simulator.Map.Put(&slowSnapshotter{
+			ExtensibleManagedObject: mo.ExtensibleManagedObject{Self: target},
+			delay:                   time.Duration(seconds * float64(time.Second)),
+		})
+	} else {
+		return body
 	}
-	replacement := fmt.Sprintf(`<_this type="%s">%s</_this>`, quiesceFaultType, xmlEscape(vmRef.Value))
+	replacement := fmt.Sprintf(`<_this type="%s">%s</_this>`, target.Type, xmlEscape(vmRef.Value))
 	done := false
 	return thisElement.ReplaceAllFunc(body, func(old []byte) []byte {
 		if done {
@@ -115,17 +136,25 @@ func xmlEscape(s string) string {
 	return b.String()
 }
 
-// wantsQuiesceFault reads the VM's extraConfig now, so tests can set or change the key at any time.
-func wantsQuiesceFault(ref types.ManagedObjectReference) bool {
+// extraConfigOf reads a VM's extraConfig value for key now (tests set or change keys at any
+// time); "" if the VM or the key is not there.
+func extraConfigOf(ref types.ManagedObjectReference, key string) string {
 	vm, ok := simulator.Map.Get(ref).(*simulator.VirtualMachine)
 	if !ok {
-		return false
+		return ""
 	}
-	want := false
+	value := ""
 	simulator.Map.WithLock(vm, func() {
-		want = extraConfigTrue(&vm.VirtualMachine, QuiesceFaultKey)
+		if vm.Config == nil {
+			return
+		}
+		for _, opt := range vm.Config.ExtraConfig { // the simulator appends: the last one wins
+			if o := opt.GetOptionValue(); o.Key == key {
+				value = fmt.Sprint(o.Value)
+			}
+		}
 	})
-	return want
+	return value
 }
 
 // extraConfigTrue says whether the VM's extraConfig sets key to "true".
@@ -187,6 +216,51 @@ func (q *quiesceFaulter) CreateSnapshotTask(req *types.CreateSnapshot_Task) soap
 		Val:  &types.LocalizedMethodFault{Fault: fault, LocalizedMessage: quiesceFaultMessage},
 	}})
 	return &methods.CreateSnapshot_TaskBody{Res: &types.CreateSnapshot_TaskResponse{Returnval: ref}}
+}
+
+// slowSnapshotter answers CreateSnapshot_Task for one VM with a running task, and after its
+// delay makes the snapshot through the VM's own CreateSnapshot_Task and gives that task's
+// outcome to the first one.
+type slowSnapshotter struct {
+	mo.ExtensibleManagedObject
+	delay time.Duration
+}
+
+func (s *slowSnapshotter) CreateSnapshotTask(req *types.CreateSnapshot_Task) soap.HasFault {
+	vmRef := types.ManagedObjectReference{Type: "VirtualMachine", Value: s.Self.Value}
+	task := simulator.CreateTask(vmRef, "createSnapshot", nil)
+	simulator.Map.Update(task, []types.PropertyChange{
+		{Name: "info.startTime", Val: time.Now()},
+		{Name: "info.state", Val: types.TaskInfoStateRunning},
+	})
+	go func() {
+		time.Sleep(s.delay)
+		vm, ok := simulator.Map.Get(vmRef).(*simulator.VirtualMachine)
+		state, result, fault := types.TaskInfoStateError, types.AnyType(nil), interface{}(nil)
+		if ok {
+			inner := types.CreateSnapshot_Task{This: vmRef, Name: req.Name, Description: req.Description,
+				Memory: req.Memory, Quiesce: req.Quiesce}
+			var made soap.HasFault
+			simulator.Map.WithLock(vm, func() { made = vm.CreateSnapshotTask(&inner) })
+			if body, ok := made.(*methods.CreateSnapshot_TaskBody); ok && body.Res != nil {
+				if t, ok := simulator.Map.Get(body.Res.Returnval).(*simulator.Task); ok {
+					simulator.Map.WithLock(t, func() {
+						state, result = t.Info.State, t.Info.Result
+						if t.Info.Error != nil {
+							fault = *t.Info.Error
+						}
+					})
+				}
+			}
+		}
+		simulator.Map.Update(task, []types.PropertyChange{
+			{Name: "info.completeTime", Val: time.Now()},
+			{Name: "info.state", Val: state},
+			{Name: "info.result", Val: result},
+			{Name: "info.error", Val: fault},
+		})
+	}()
+	return &methods.CreateSnapshot_TaskBody{Res: &types.CreateSnapshot_TaskResponse{Returnval: task.Self}}
 }
 
 // layoutRepair keeps snapshot removal from deleting the wrong file.
