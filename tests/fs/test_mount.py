@@ -8,6 +8,7 @@ import hashlib
 import os
 import shutil
 import signal
+import stat
 import struct
 import subprocess
 import sys
@@ -331,6 +332,54 @@ def test_mount_errors_reach_the_caller(tmp_path: Path) -> None:
     )
     assert bad.returncode == 1 and "unknown mount option" in bad.stderr
     shutil.rmtree(tmp_path / "m")
+
+
+def _mount_options(mnt: Path) -> set[str]:
+    """The mount's options as /proc/self/mountinfo lists them (per mount and per super)."""
+    want = os.path.realpath(mnt)
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        if fields[4] == want:
+            return set(fields[5].split(",")) | set(fields[-1].split(","))
+    raise AssertionError(f"{mnt} is not mounted")
+
+
+def test_a_mount_is_private_read_only_and_reads_ahead(mnt: Path) -> None:
+    options = _mount_options(mnt)
+    assert "ro" in options and "allow_other" not in options
+    dev = os.stat(mnt).st_dev
+    ra = Path(f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb").read_text()
+    assert int(ra) == 1024
+
+
+def test_owner_modes_and_sharing_options(test_vm: TestVm, tmp_path: Path) -> None:
+    path = tmp_path / "m"
+    path.mkdir()
+    vcbfs("mount", str(test_vm.vmx), str(path), "-o", "uid=1234,gid=5678,umask=027,allow_other")
+    try:
+        assert "allow_other" in _mount_options(path)
+        for rel, mode in (("letters/C", 0o550), ("letters/C/boot.ini", 0o440), ("", 0o550)):
+            st = (path / rel).stat()
+            assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (1234, 5678, mode), rel
+    finally:
+        _umount(path)
+
+
+def test_an_unwritable_run_directory_is_a_clear_error(test_vm: TestVm, tmp_path: Path) -> None:
+    (tmp_path / "m").mkdir()
+    (tmp_path / "file").write_text("")
+    env = {**os.environ, "VCBFS_RUN_DIR": str(tmp_path / "file/run")}
+    done = subprocess.run(
+        [sys.executable, "-m", "vcbfs", "mount", str(test_vm.vmx), str(tmp_path / "m")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert done.stderr.startswith(f"vcbfs: {tmp_path}/file/run: cannot record the server's PID")
+    assert not os.path.ismount(tmp_path / "m")
 
 
 def test_a_failed_fuse_mount_still_closes_the_model(test_vm: TestVm, tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ whatever the page cache holds.
 from __future__ import annotations
 
 import errno
+import stat
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,6 +20,7 @@ from tests.ntfs.ntfsimages import NtfsImage
 from vcbfs.blocks.local import LocalSource
 from vcbfs.blocks.source import Buffer, ByteSource
 from vcbfs.fs.operations import Operations
+from vcbfs.fs.tree import Attr
 from vcbfs.ntfs.volume import NtfsVolume
 
 MIB = 1 << 20
@@ -154,3 +156,27 @@ async def test_operations_read_inline_or_in_a_thread(at_hand: bool) -> None:
     with pytest.raises(pyfuse3.FUSEError) as e:
         await ops.read(info.fh, 0, 10)
     assert e.value.errno == errno.EBADF
+
+
+async def test_an_immutable_tree_is_cached_by_the_kernel() -> None:
+    """Open files keep their page cache; entries and attributes are trusted for hours."""
+    ops = Operations(OneFile(Counting(b"data", at_hand=True)))  # type: ignore[arg-type]
+    info = await ops.open(5, 0, None)
+    assert info.keep_cache and not info.direct_io
+    entry = ops._entry(Attr(5, stat.S_IFREG | 0o444, 1, 4, 1, 0, 0, 0))
+    assert entry.entry_timeout >= 3600 and entry.attr_timeout >= 3600
+    await ops.release(info.fh)
+
+
+async def test_a_failing_release_does_not_end_the_mount() -> None:
+    """Only FUSEError may leave a handler (anything else would stop pyfuse3's main loop)."""
+
+    class Broken(OneFile):
+        def unhold(self, token: object) -> None:
+            raise RuntimeError("injected")
+
+    ops = Operations(Broken(Counting(b"data", at_hand=True)))  # type: ignore[arg-type]
+    info = await ops.open(5, 0, None)
+    with pytest.raises(pyfuse3.FUSEError) as e:
+        await ops.release(info.fh)
+    assert e.value.errno == errno.EIO

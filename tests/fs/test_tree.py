@@ -10,6 +10,7 @@ import pytest
 from tests.fs.vmfixture import TestVm
 from vcbfs.errors import NotFoundError
 from vcbfs.fs.tree import ROOT_INO, STREAM_INO, Tree
+from vcbfs.ntfs.volume import NtfsVolume
 from vcbfs.vm.local import open_local_vm
 
 
@@ -90,3 +91,24 @@ def test_a_listing_is_computed_once_and_equals_a_fresh_one(tree: Tree, test_vm: 
         assert got == {i: fresh.readdir(i) for i in subdirs}
     finally:
         fresh.close()
+
+
+@pytest.mark.parametrize("descriptors", [True, False], ids=["descriptors", "none-found"])
+def test_every_listed_xattr_has_a_value(
+    tree: Tree, descriptors: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """listxattr names only what getxattr can give (an agent copying xattrs reads each one),
+    also where a file's security descriptor cannot be found."""
+    if not descriptors:
+        monkeypatch.setattr(NtfsVolume, "security_descriptor", lambda _self, _record: None)
+    stack = [_walk(tree, "letters/C"), _walk(tree, "letters/F")]
+    seen = 0
+    while stack:
+        ino = stack.pop()
+        for _name, attr in tree.readdir(ino):
+            if stat.S_ISDIR(attr.mode):
+                stack.append(attr.ino)
+            for xattr in tree.listxattr(attr.ino):
+                tree.getxattr(attr.ino, xattr)
+                seen += 1
+    assert seen > 1000

@@ -10,6 +10,7 @@ everything.  ``umount`` also cleans up a mount whose server died.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -27,7 +28,17 @@ if TYPE_CHECKING:
 
 __all__ = ["register"]
 
-RUN_DIR = Path(os.environ.get("VCBFS_RUN_DIR", "/run/vcbfs"))
+def _run_dir() -> Path:
+    """Where servers record their PIDs and sockets: /run/vcbfs for root, else the user's own
+    runtime directory (``$XDG_RUNTIME_DIR/vcbfs``); ``VCBFS_RUN_DIR`` overrides both."""
+    if "VCBFS_RUN_DIR" in os.environ:
+        return Path(os.environ["VCBFS_RUN_DIR"])
+    if os.geteuid() != 0 and os.environ.get("XDG_RUNTIME_DIR"):
+        return Path(os.environ["XDG_RUNTIME_DIR"]) / "vcbfs"
+    return Path("/run/vcbfs")
+
+
+RUN_DIR = _run_dir()
 UMOUNT_WAIT = 60.0
 
 
@@ -210,10 +221,16 @@ def run_mount(args: argparse.Namespace) -> int:
     os.setsid()
     code = 0
     try:
+        try:
+            RUN_DIR.mkdir(parents=True, exist_ok=True, mode=0o700)
+            _pidfile(mountpoint).write_text(str(os.getpid()))
+        except OSError as exc:
+            raise VcbfsError(
+                f"cannot record the server's PID there: {exc.strerror} (set VCBFS_RUN_DIR)",
+                source=str(RUN_DIR),
+            ) from None
 
         def ready() -> None:
-            RUN_DIR.mkdir(parents=True, exist_ok=True)
-            _pidfile(mountpoint).write_text(str(os.getpid()))
             os.write(w, b"ok")
             os.close(w)
             null = os.open(os.devnull, os.O_RDWR)
@@ -222,14 +239,12 @@ def run_mount(args: argparse.Namespace) -> int:
             _log_to_syslog()
 
         start(ready)
-    except VcbfsError as exc:
-        _tell(w, exc.describe())
-        code = 1
-    except BaseException as exc:  # the parent must hear of it; the traceback goes to the log
-        _tell(w, f"{type(exc).__name__}: {exc}")
+    except BaseException as exc:  # the parent must hear of it
+        _tell(w, _reason(exc))
         code = 1
     finally:
-        _pidfile(mountpoint).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            _pidfile(mountpoint).unlink(missing_ok=True)
         os._exit(code)
 
 
@@ -246,6 +261,16 @@ def _log_to_syslog() -> None:
         return
     handler.setFormatter(logging.Formatter("vcbfs[%(process)d]: %(levelname)s: %(message)s"))
     logging.getLogger().addHandler(handler)
+
+
+def _reason(exc: BaseException) -> str:
+    """One line for the caller: a vcbfs error's own description, also from inside trio's
+    exception groups, else the exception's type and text."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    if isinstance(exc, VcbfsError):
+        return exc.describe()
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _tell(fd: int, message: str) -> None:

@@ -144,6 +144,7 @@ class Operations(pyfuse3.Operations):
             if not pyfuse3.readdir_reply(token, name, self._entry(attr), i + 1):
                 break
 
+    @_guard
     async def releasedir(self, fh: int) -> None:
         found = self._dirs.pop(fh, None)
         if found is not None:
@@ -177,6 +178,7 @@ class Operations(pyfuse3.Operations):
             return data
         return await self._run(source.read_at, off, size)
 
+    @_guard
     async def release(self, fh: int) -> None:
         found = self._files.pop(fh, None)  # sources belong to the tree: nothing to close
         if found is not None:

@@ -505,10 +505,10 @@ class Tree:
                     for t in (st.created, st.modified, st.accessed, st.changed)
                 ),
             )
-        if want("user.ntfs_acl"):
-            sd = vol.security_descriptor(record) if values else b""
+        if want("user.ntfs_acl"):  # listed only where getxattr has a value to give
+            sd = vol.security_descriptor(record)
             if sd is not None:
-                out["user.ntfs_acl"] = sd
+                out["user.ntfs_acl"] = sd if values else b""
         if st.reparse is not None and want("user.ntfs_reparse_data"):
             out["user.ntfs_reparse_data"] = (vol.reparse_data(record) or b"") if values else b""
         return out
