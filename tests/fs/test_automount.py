@@ -28,6 +28,8 @@ class CountingProvider(VmProvider):
     def __init__(self, vmx: Path, delay: float = 0.0) -> None:
         self.vmx = vmx
         self.delay = delay
+        self.gate = threading.Event()  # open() waits for it (set: no waiting)
+        self.gate.set()
         self.opened: list[str] = []
         self.closed: list[str] = []
         self.lock = threading.Lock()
@@ -39,6 +41,7 @@ class CountingProvider(VmProvider):
         with self.lock:
             self.opened.append(key)
         time.sleep(self.delay)  # a snapshot takes a while: concurrent callers must wait
+        self.gate.wait()
         image = open_local_vm(self.vmx)
         inner = image.close
 
@@ -104,6 +107,32 @@ def test_idle_release_and_a_new_epoch(folder: tuple[VmFolder, CountingProvider])
     again = _file(f, "alpha", "letters", "C", "boot.ini")  # a new snapshot, a new epoch
     assert provider.opened == ["vm-1", "vm-1"]
     assert again != ino and again & ((1 << EPOCH_SHIFT) - 1) == ino & ((1 << EPOCH_SHIFT) - 1)
+
+
+def test_counting_handles_never_waits_for_a_snapshot(test_vm: TestVm) -> None:
+    """The event loop counts open handles (hold, unhold): while a thread takes a snapshot of
+    the same VM, that must not wait for it, or the whole mount would stall meanwhile."""
+    provider = CountingProvider(test_vm.vmx)
+    f = VmFolder(provider, idle=30.0)
+    try:
+        ino = _file(f, "alpha", "letters", "C", "boot.ini")
+        old = f.hold(ino)
+        assert f.release("alpha", force=True)  # a handle of the old snapshot stays open
+        provider.gate.clear()
+        vm_dir = f.lookup(ROOT_INO, "alpha").ino
+        opening = threading.Thread(target=lambda: f.lookup(vm_dir, "letters"))
+        opening.start()
+        while provider.opened != ["vm-1", "vm-1"]:  # the second snapshot is being taken
+            time.sleep(0.01)
+        counting = threading.Thread(target=lambda: (f.unhold(old), f.unhold(f.hold(vm_dir))))
+        counting.start()
+        counting.join(10)
+        done = not counting.is_alive()
+        provider.gate.set()
+        assert done and opening.is_alive()  # counted while the snapshot was still being taken
+        opening.join()
+    finally:
+        f.close()
 
 
 def test_release_and_close(folder: tuple[VmFolder, CountingProvider]) -> None:

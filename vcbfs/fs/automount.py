@@ -47,10 +47,15 @@ class StaleError(VcbfsError, OSError):
 
 @dataclass
 class _Vm:
+    """One VM's directory.  ``lock`` is held while its snapshot is taken or released (that
+    can take minutes); ``counts`` only for a moment, around ``tree``, ``epoch`` and ``holds``
+    changes, so that the event loop (which counts open handles) never waits on a snapshot."""
+
     ino: int
     dirname: str
     entry: VmEntry
     lock: threading.Lock = field(default_factory=threading.Lock)
+    counts: threading.Lock = field(default_factory=threading.Lock)
     tree: Tree | None = None
     epoch: int = 0
     holds: int = 0
@@ -141,12 +146,11 @@ class VmFolder:
                 log.error("%s: %s", vm.dirname, exc)
                 raise
             vm.failed = None
-            vm.tree = Tree(
-                image, now_ns=self.now_ns, dir_mode=self.dir_mode, file_mode=self.file_mode
-            )
-            vm.epoch = self._new_epoch(vm)
-            vm.last_used = time.monotonic()
-            return vm.tree
+            tree = Tree(image, now_ns=self.now_ns, dir_mode=self.dir_mode, file_mode=self.file_mode)
+            epoch = self._new_epoch(vm)
+            with vm.counts:
+                vm.tree, vm.epoch, vm.last_used = tree, epoch, time.monotonic()
+            return tree
 
     def _new_epoch(self, vm: _Vm) -> int:
         with self._lock:
@@ -163,7 +167,7 @@ class VmFolder:
         vm = self._by_name.get(dirname)
         if vm is None:
             raise NotFoundError("no such VM in this mount", source=dirname)
-        with vm.lock:  # checked and detached at once: nothing opens in between
+        with vm.lock, vm.counts:  # checked and detached at once: nothing opens in between
             if vm.holds and not force:
                 raise BusyError(
                     f"{vm.holds} open file(s) or folder(s) inside; close them first",
@@ -173,7 +177,8 @@ class VmFolder:
         return self._release(vm, tree)
 
     def _detach(self, vm: _Vm) -> Tree | None:
-        """Take the VM's tree away from new users; the caller holds ``vm.lock``."""
+        """Take the VM's tree away from new users; the caller holds ``vm.lock`` and
+        ``vm.counts``."""
         tree, vm.tree = vm.tree, None
         with self._lock:
             self._epochs.pop(vm.epoch, None)
@@ -202,8 +207,9 @@ class VmFolder:
             if vm.tree is None or not vm.lock.acquire(blocking=False):
                 continue  # not open, or being opened or used right now
             try:
-                idle = not vm.holds and now - vm.last_used >= self.idle
-                tree = self._detach(vm) if idle else None
+                with vm.counts:
+                    idle = not vm.holds and now - vm.last_used >= self.idle
+                    tree = self._detach(vm) if idle else None
             finally:
                 vm.lock.release()
             if self._release(vm, tree):
@@ -214,7 +220,7 @@ class VmFolder:
         """Release every open VM, then the provider."""
         self._closed = True
         for vm in list(self._by_ino.values()):
-            with vm.lock:
+            with vm.lock, vm.counts:
                 tree = self._detach(vm)
             self._release(vm, tree)
         self.provider.close()
@@ -318,16 +324,16 @@ class VmFolder:
         vm = self._by_ino.get(ino) or self._epochs.get((ino >> EPOCH_SHIFT) & EPOCH_MASK)
         if vm is None:
             return None
-        with vm.lock:
+        with vm.counts:
             vm.holds += 1
             vm.last_used = time.monotonic()
-        return (vm, vm.epoch)
+            return (vm, vm.epoch)
 
     def unhold(self, token: object) -> None:
         if token is None:
             return
         vm, epoch = token  # type: ignore[misc]
-        with vm.lock:
+        with vm.counts:
             if vm.epoch == epoch and vm.holds:
                 vm.holds -= 1
             vm.last_used = time.monotonic()
