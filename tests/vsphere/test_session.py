@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,7 @@ from vcbfs.vsphere import session as session_mod
 from vcbfs.vsphere.datastore import Datastores
 from vcbfs.vsphere.inventory import NameCache, VmInfo, find_vms, list_vms, select
 from vcbfs.vsphere.session import LoginError, Session
-from vcbfs.vsphere.snapshots import Journal, cleanup, release, take
+from vcbfs.vsphere.snapshots import Journal, cleanup, proxy_name, release, take
 from vcbfs.vsphere.spec import parse_spec
 from vcbfs.vsphere.tasks import TaskTimeout
 
@@ -166,6 +168,41 @@ def test_a_create_that_outlasts_its_timeout_leaves_no_snapshot(
         (entry.snapshot_name, True)
     ]
     assert journal.entries() == [] and _snapshot_names(vcsim, info.moref) == []
+
+
+def test_cleanup_by_tag_alone_spares_live_owners_and_other_proxies(
+    session: Session, vcsim: Vcsim, vsphere_vm: VsphereVm, tmp_path: Path
+) -> None:
+    """With no journal entry, cleanup goes by the tag: this proxy's name, and the id in both the
+    name and the description.  It spares a snapshot whose owner (the PID in its description)
+    is a vcbfs process still running (journaled in another state directory), and every other
+    proxy's."""
+    with vcsim.session() as si:
+        info = add_vm(vcsim, si, "tagged-vm", [vsphere_vm.source.sys_vmdk])
+    journal = Journal(tmp_path / "journal")  # empty: the entries were lost, or kept elsewhere
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a PID that no longer runs
+    owner = subprocess.Popen(["bash", "-c", "exec -a vcbfs-mount sleep 600"])
+    proxy = proxy_name()
+
+    def tagged(host: str, pid: int) -> str:
+        name = f"vcbfs-backup {host} {uuid.uuid4().hex}"
+        with vcsim.session() as si:
+            create_snapshot(si, info.moref, name, f"Taken by vcbfs (id {name[-32:]}, pid {pid})")
+        return name
+
+    try:
+        orphan = tagged(proxy, gone.pid)
+        held = tagged(proxy, owner.pid)
+        foreign = tagged("another-proxy", 1)
+        actions = cleanup(session, journal)
+        assert [(a.snapshot, a.done) for a in actions] == [(orphan, True)]
+        assert sorted(_snapshot_names(vcsim, info.moref)) == sorted([held, foreign])
+    finally:
+        owner.kill()
+        owner.wait()
+    assert [a.snapshot for a in cleanup(session, journal)] == [held]  # its owner is gone now
+    assert _snapshot_names(vcsim, info.moref) == [foreign]
 
 
 def test_the_simulators_own_certificate(tmp_path: Path) -> None:
