@@ -146,6 +146,16 @@ def test_ls_and_specifiers(env: dict[str, str], vsphere_vm: VsphereVm) -> None:
     assert bad.returncode == 1 and "bad VM specifier" in bad.stderr
 
 
+def test_host_and_user_from_the_command_line(env: dict[str, str], vsphere_vm: VsphereVm) -> None:
+    """-h/--host and -u/--user win over the environment (later sources win)."""
+    wrong = {**env, "VCBFS_HOST": "nowhere.invalid", "VCBFS_USER": "nobody"}
+    assert vcbfs(wrong, "ls", check=False).returncode == 1
+    host, user = env["VCBFS_HOST"], env["VCBFS_USER"]
+    for args in (("-h", host, "-u", user), ("--host", host, "--user", user)):
+        found = json.loads(vcbfs(wrong, "ls", *args, "-s", f"name:{DEMO_VM}", "--json").stdout)
+        assert [v["moref"] for v in found] == [vsphere_vm.vm.moref]
+
+
 def test_name_cache_finds_a_vm_by_its_last_ip(
     env: dict[str, str], vcsim: Vcsim, vsphere_vm: VsphereVm
 ) -> None:
