@@ -10,6 +10,7 @@ from tests.images import run
 from vcbfs.blocks.vmdk.descriptor import parse_descriptor
 from vcbfs.errors import CorruptError, NotFoundError
 from vcbfs.vm.catalog import catalog_text, flat_descriptor, rewrite_vmx
+from vcbfs.vm.image import Disk, VmImage
 from vcbfs.vm.local import open_local_vm
 from vcbfs.vm.vmx import parse_vmx, vmx_disks
 
@@ -105,3 +106,21 @@ def test_duplicate_disk_names_are_made_unique(tmp_path: Path) -> None:
         assert [d.name for d in vm.disks] == ["disk", "disk-2"]
     finally:
         vm.close()
+
+
+def test_disks_left_out_are_marked_not_present() -> None:
+    """An RDM or independent disk (skipped by a snapshot) is not in fullvm/: its copy of the
+    .vmx must not ask for it, or the copied VM would not register."""
+    image = VmImage("web", [Disk(0, "web01", "scsi0:0", None)])  # type: ignore[arg-type]
+    vmx = (
+        b'scsi0:0.fileName = "web01.vmdk"\nscsi0:0.present = "TRUE"\n'
+        b'scsi0:1.fileName = "rdm.vmdk"\nscsi0:1.present = "TRUE"\n'
+        b'sata0:0.fileName = "independent.vmdk"\n'
+        b'ide1:0.deviceType = "cdrom-image"\nide1:0.fileName = "x.iso"'
+    )
+    text = rewrite_vmx(vmx, image).decode()
+    config = parse_vmx(text.encode())
+    assert [d.device for d in vmx_disks(config)] == ["scsi0:0"]
+    assert config["scsi0:1.present"] == config["sata0:0.present"] == "FALSE"
+    assert "ide1:0.present" not in config and config["ide1:0.filename"] == "x.iso"
+    assert "# vcbfs: scsi0:1 (rdm.vmdk) is not in this backup" in text

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 
 from vcbfs.vm.image import Disk, VmImage
+from vcbfs.vm.vmx import parse_vmx, vmx_disks
 
 __all__ = ["catalog_text", "flat_descriptor", "rewrite_vmx"]
 
@@ -54,16 +55,37 @@ def flat_descriptor(disk: Disk) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
+_DISK_KEY = re.compile(r"^\s*((?:scsi|ide|sata|nvme)\d+:\d+)\.(\w+)\s*=", re.I)
+
+
 def rewrite_vmx(data: bytes, image: VmImage) -> bytes:
-    """The .vmx with each disk's fileName pointing at its descriptor in fullvm/."""
+    """The .vmx with each disk's fileName pointing at its descriptor in fullvm/.
+
+    A virtual disk the image does not hold (an RDM or independent disk that a snapshot leaves
+    out, a disk that could not be read) is marked not present, with a comment saying so, so
+    that a copy of fullvm/ still registers as a VM.
+    """
     names = {d.device.lower(): d.name for d in image.disks if d.device}
+    left_out = {d.device: d.filename for d in vmx_disks(parse_vmx(data)) if d.device not in names}
+    lines = data.decode("utf-8", errors="surrogateescape").splitlines(keepends=True)
     out = []
-    for line in data.decode("utf-8", errors="surrogateescape").splitlines(keepends=True):
-        m = re.match(r"^\s*((?:scsi|ide|sata|nvme)\d+:\d+)\.fileName\s*=", line, re.IGNORECASE)
-        if m and m[1].lower() in names:
-            end = "\n" if line.endswith("\n") else ""
-            line = f'{m[1]}.fileName = "{names[m[1].lower()]}.vmdk"{end}'
+    marked = set()
+    for line in lines:
+        m = _DISK_KEY.match(line)
+        end = "\n" if line.endswith("\n") else ""
+        dev = m[1].lower() if m else ""
+        if m and dev in names and m[2].lower() == "filename":
+            line = f'{m[1]}.fileName = "{names[dev]}.vmdk"{end}'
+        elif m and dev in left_out and m[2].lower() == "present":
+            line = f'{m[1]}.present = "FALSE"{end}'
+            marked.add(dev)
         out.append(line)
+    if out and not out[-1].endswith("\n"):
+        out[-1] += "\n"
+    for dev, filename in left_out.items():
+        out.append(f"# vcbfs: {dev} ({filename}) is not in this backup (see the catalog)\n")
+        if dev not in marked:
+            out.append(f'{dev}.present = "FALSE"\n')
     return "".join(out).encode("utf-8", errors="surrogateescape")
 
 
@@ -80,4 +102,5 @@ def catalog_text(image: VmImage) -> str:
     for v in image.volumes():
         where = f"partition {v.partition.number}" if v.partition else "whole disk"
         lines.append(f"volume{v.number} = disk{v.disk.index} {where} at {v.start}")
+    lines += [f"note{i} = {note}" for i, note in enumerate(image.notes)]  # what was left out
     return "\n".join(lines) + "\n"
