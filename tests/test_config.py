@@ -282,16 +282,6 @@ def test_datastore_paths_order_and_merge(tmp_path: Path) -> None:
         load(tmp_path, {"datastore_path": ["ds=mnt"]})
 
 
-def test_transport_for(tmp_path: Path) -> None:
-    s = load(tmp_path, {"datastore_path": ["ds1=/mnt/ds1"]})
-    assert s.transport_for("ds1") == "local" and s.transport_for("ds2") == "https"
-    s = load(tmp_path, {"datastore_path": ["ds1=/mnt/ds1"]}, {"VCBFS_TRANSPORTS": "local"})
-    assert s.transport_for("ds1") == "local"
-    with pytest.raises(ConfigError, match=r"environment: datastore 'ds2' has no local path"):
-        s.transport_for("ds2")
-    assert load(tmp_path, env={"VCBFS_TRANSPORTS": "https"}).transport_for("ds1") == "https"
-
-
 @pytest.mark.parametrize(
     ("var", "value", "match"),
     [

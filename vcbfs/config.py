@@ -138,17 +138,6 @@ class Settings:
         """The local path configured for ``datastore``, if any."""
         return dict(self.datastore_paths).get(datastore)
 
-    def transport_for(self, datastore: str) -> str:
-        """The first usable transport: ``local`` needs a datastore path, ``https`` always works."""
-        for transport in self.transports:
-            if transport == "https" or self.datastore_path(datastore) is not None:
-                return transport
-        raise ConfigError(
-            f"datastore {datastore!r} has no local path and https is not among the transports: "
-            f"give --datastore-path {datastore}=/PATH or add https",
-            source=self.origin("transports"),
-        )
-
     def require_host(self) -> str:
         """The host, or a ConfigError saying how to give one."""
         if not self.host:

@@ -20,7 +20,7 @@ from tests.vsphere.simulator import (
     list_snapshots,
     managed,
 )
-from vcbfs.errors import AccessDeniedError
+from vcbfs.errors import AccessDeniedError, UnsupportedError
 from vcbfs.vsphere import session as session_mod
 from vcbfs.vsphere.datastore import Datastores
 from vcbfs.vsphere.inventory import NameCache, VmInfo, find_vms, list_vms, select
@@ -203,6 +203,31 @@ def test_cleanup_by_tag_alone_spares_live_owners_and_other_proxies(
         owner.wait()
     assert [a.snapshot for a in cleanup(session, journal)] == [held]  # its owner is gone now
     assert _snapshot_names(vcsim, info.moref) == [foreign]
+
+
+def test_transports_are_tried_in_the_order_given(
+    session: Session, vcsim: Vcsim, vsphere_vm: VsphereVm, tmp_path: Path
+) -> None:
+    """As VCB tried its transports: the first that reaches the file wins; a local datastore
+    path without the file falls through to the next; none left is an error naming each try."""
+    disk = vsphere_vm.vm.disks[0].file_name  # "[LocalDS_0] dir/disk.vmdk"
+    ds = vsphere_vm.vm.datastore
+    real, empty = (ds, str(vcsim.datastore_dir(ds))), (ds, str(tmp_path))
+
+    def reached(transports: tuple[str, ...], local: tuple[str, str]) -> str:
+        stores = Datastores(session, local=[local], transports=transports)
+        try:
+            return type(stores.location(disk).inner).__name__  # type: ignore[attr-defined]
+        finally:
+            stores.close()
+
+    assert reached(("local", "https"), real) == "_DatastoreFile"
+    assert reached(("https", "local"), real) == "HttpLocation"
+    assert reached(("local", "https"), empty) == "HttpLocation"
+    with pytest.raises(
+        UnsupportedError, match=rf"no transport reaches this file \(local: {tmp_path}"
+    ):
+        reached(("local",), empty)
 
 
 def test_the_simulators_own_certificate(tmp_path: Path) -> None:

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 __all__ = ["register"]
 
+
 def _run_dir() -> Path:
     """Where servers record their PIDs and sockets: /run/vcbfs for root, else the user's own
     runtime directory (``$XDG_RUNTIME_DIR/vcbfs``); ``VCBFS_RUN_DIR`` overrides both."""
