@@ -193,6 +193,15 @@ def test_mount_by_specifier(
     assert list(journal.glob("*.json")) == []
 
 
+def test_a_specifier_matching_no_vm_mounts_nothing(
+    env: dict[str, str], vsphere_vm: VsphereVm, mnt: Path
+) -> None:
+    for spec in ("none:", "name:no-such-vm"):
+        done = vcbfs(env, "mount", spec, str(mnt), check=False)
+        assert done.returncode == 1 and "no VM matches" in done.stderr, done.stderr
+        assert not os.path.ismount(mnt)
+
+
 def test_data_volume_matches_the_fixture(
     env: dict[str, str], vsphere_vm: VsphereVm, mnt: Path
 ) -> None:
@@ -284,7 +293,9 @@ def test_quiesce_fault_is_a_clear_error(
     vm = _hooked_vm(vcsim, vsphere_vm, "no-vss", QUIESCE_FAULT_KEY)
     failed = vcbfs(env, "mount", "name:no-vss", str(mnt), check=False)
     assert failed.returncode == 1
-    assert "cannot quiesce VM 'no-vss'" in failed.stderr and "--no-quiesce" in failed.stderr
+    assert f"cannot quiesce VM 'no-vss' ({vm.moref})" in failed.stderr
+    assert "Failed to quiesce the virtual machine" in failed.stderr  # vSphere's own words
+    assert "--no-quiesce" in failed.stderr
     assert not os.path.ismount(mnt)
     assert _all_snapshots(vcsim, vm.moref) == []
     assert list((Path(env["VCBFS_STATE_DIR"]) / "journal").glob("*.json")) == []
