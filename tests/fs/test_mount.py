@@ -391,6 +391,26 @@ def test_a_mount_is_private_read_only_and_reads_ahead(mnt: Path) -> None:
     assert int(ra) == 1024
 
 
+def test_listing_the_top_reads_no_volume_through(test_vm: TestVm, tmp_path: Path) -> None:
+    """Listing the mount, digits/ and letters/ reads partition tables, boot sectors and the
+    guest's SYSTEM hive: a few MiB, not the volumes (512 MiB here)."""
+    path = tmp_path / "m"
+    _mount(test_vm, path)
+    try:
+        pid = int(_pidfile(str(path)).read_text())
+
+        def read_so_far() -> int:
+            io = dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
+            return int(io["rchar"])
+
+        before = read_so_far()
+        for rel in ("", "digits", "letters", "digits/1", "letters/F"):
+            assert os.listdir(path / rel)
+        assert read_so_far() - before < 16 << 20
+    finally:
+        _umount(path)
+
+
 def test_owner_modes_and_sharing_options(test_vm: TestVm, tmp_path: Path) -> None:
     path = tmp_path / "m"
     path.mkdir()
