@@ -24,6 +24,7 @@ import pytest
 from tests.fs.vmfixture import SYS_FILES, TestVm
 from tests.together import together
 from vcbfs.cli.mount import _pidfile
+from vcbfs.process import start_time
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="no /dev/fuse")
 CHUNK = 1 << 20
@@ -409,6 +410,31 @@ def test_listing_the_top_reads_no_volume_through(test_vm: TestVm, tmp_path: Path
         assert read_so_far() - before < 16 << 20
     finally:
         _umount(path)
+
+
+def test_umount_of_a_busy_mount_detaches_it_and_the_server_ends_when_let_go(
+    test_vm: TestVm, tmp_path: Path
+) -> None:
+    path = tmp_path / "m"
+    _mount(test_vm, path)
+    pid = int(_pidfile(str(path)).read_text())
+    f = (path / "letters/C/boot.ini").open("rb")
+    umount = subprocess.Popen(
+        [sys.executable, "-m", "vcbfs", "umount", str(path)], stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while os.path.ismount(path):  # detached at once
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert f.read() == SYS_FILES["boot.ini"]  # what is open still reads
+        assert umount.poll() is None and start_time(pid)  # both wait for it
+    finally:
+        f.close()
+        _, said = umount.communicate(timeout=60)
+    assert umount.returncode == 0
+    assert f"{path} is in use (open files, or a shell inside): it is detached now" in said
+    assert not start_time(pid)  # exited (perhaps not yet reaped by init)
 
 
 def test_owner_modes_and_sharing_options(test_vm: TestVm, tmp_path: Path) -> None:

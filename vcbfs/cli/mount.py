@@ -302,6 +302,12 @@ def run_umount(args: argparse.Namespace) -> int:
         )
         if lazy.returncode != 0:
             raise NotFoundError(done.stderr.strip() or "not mounted", source=mountpoint)
+        if "busy" in done.stderr.lower():
+            print(
+                f"vcbfs: {mountpoint} is in use (open files, or a shell inside): it is detached "
+                "now, and the server ends (releasing any snapshot) once they are closed",
+                file=sys.stderr,
+            )
     if pid is None:
         return 0
     deadline = time.monotonic() + UMOUNT_WAIT
