@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from tests.vsphere.simulator import (
     Vcsim,
     add_vm,
     create_snapshot,
+    destroy_vm,
     list_snapshots,
     managed,
 )
@@ -112,16 +113,33 @@ def test_take_release_and_cleanup(
     assert left == ["vcbfs-backup lookalike"]
 
 
+@pytest.fixture
+def new_vm(vcsim: Vcsim, vsphere_vm: VsphereVm) -> Iterator[Callable[..., Any]]:
+    """Adds VMs on the demo disk (``new_vm(name, **add_vm options)``); destroyed afterwards,
+    with whatever snapshots they hold, so the shared simulator is left as it was."""
+    made: list[str] = []
+
+    def make(name: str, **options: Any) -> Any:
+        with vcsim.session() as si:
+            info = add_vm(vcsim, si, name, [vsphere_vm.source.sys_vmdk], **options)
+        made.append(info.moref)
+        return info
+
+    yield make
+    with vcsim.session() as si:
+        for moref in made:
+            destroy_vm(si, moref)
+
+
 def _snapshot_names(vcsim: Vcsim, moref: str) -> list[str]:
     with vcsim.session() as si:
         return [s.name for s in list_snapshots(si, managed(si, moref))]
 
 
 def test_the_journal_comes_first_and_the_snapshot_is_quiesced_without_memory(
-    session: Session, vcsim: Vcsim, vsphere_vm: VsphereVm, tmp_path: Path, monkeypatch: Any
+    session: Session, new_vm: Callable[..., Any], tmp_path: Path, monkeypatch: Any
 ) -> None:
-    with vcsim.session() as si:
-        add_vm(vcsim, si, "ordered-vm", [vsphere_vm.source.sys_vmdk])
+    new_vm("ordered-vm")
     vm = find_vms(session, parse_spec("name:ordered-vm"))[0]
     journal = Journal(tmp_path / "journal")
     asked: list[tuple[dict[str, Any], list[str]]] = []
@@ -141,15 +159,12 @@ def test_the_journal_comes_first_and_the_snapshot_is_quiesced_without_memory(
 
 
 def test_a_create_that_outlasts_its_timeout_leaves_no_snapshot(
-    session: Session, vcsim: Vcsim, vsphere_vm: VsphereVm, tmp_path: Path
+    session: Session, vcsim: Vcsim, new_vm: Callable[..., Any], tmp_path: Path
 ) -> None:
     """The simulator's create task runs 2 s and cannot be cancelled (like many vSphere tasks).
     Made within the grace, the snapshot is removed at once; made later, it is left to cleanup
     through a disowned journal entry, even while the process that asked for it runs on."""
-    with vcsim.session() as si:
-        info = add_vm(
-            vcsim, si, "slow-snap", [vsphere_vm.source.sys_vmdk], extra={SNAPSHOT_SECONDS_KEY: "2"}
-        )
+    info = new_vm("slow-snap", extra={SNAPSHOT_SECONDS_KEY: "2"})
     vm = find_vms(session, parse_spec("name:slow-snap"))[0]
     journal = Journal(tmp_path / "journal")
     with pytest.raises(TaskTimeout, match="not taken after 0 s; it was made late, and has been"):
@@ -171,14 +186,13 @@ def test_a_create_that_outlasts_its_timeout_leaves_no_snapshot(
 
 
 def test_cleanup_by_tag_alone_spares_live_owners_and_other_proxies(
-    session: Session, vcsim: Vcsim, vsphere_vm: VsphereVm, tmp_path: Path
+    session: Session, vcsim: Vcsim, new_vm: Callable[..., Any], tmp_path: Path
 ) -> None:
     """With no journal entry, cleanup goes by the tag: this proxy's name, and the id in both the
     name and the description.  It spares a snapshot whose owner (the PID in its description)
     is a vcbfs process still running (journaled in another state directory), and every other
     proxy's."""
-    with vcsim.session() as si:
-        info = add_vm(vcsim, si, "tagged-vm", [vsphere_vm.source.sys_vmdk])
+    info = new_vm("tagged-vm")
     journal = Journal(tmp_path / "journal")  # empty: the entries were lost, or kept elsewhere
     gone = subprocess.Popen(["true"])
     gone.wait()  # a PID that no longer runs
