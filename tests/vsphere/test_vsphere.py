@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pyVmomi import vim
 
 from tests.fs.vmfixture import SYS_FILES
 from tests.together import together
@@ -24,7 +25,12 @@ from tests.vsphere.simulator import (
     Vcsim,
     add_vm,
     create_snapshot,
+    destroy_vm,
+    find_all,
     list_snapshots,
+    managed,
+    properties,
+    wait_task,
 )
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="no /dev/fuse")
@@ -144,6 +150,28 @@ def test_ls_and_specifiers(env: dict[str, str], vsphere_vm: VsphereVm) -> None:
     assert vm.moref in table and DEMO_IP in table
     bad = vcbfs(env, "ls", "-s", "colour:red", check=False)
     assert bad.returncode == 1 and "bad VM specifier" in bad.stderr
+
+
+def test_a_powered_off_vm_is_found_by_the_ip_it_last_had(
+    env: dict[str, str], vcsim: Vcsim, vsphere_vm: VsphereVm
+) -> None:
+    """A powered-off VM reports no IP: the VM name cache (VMNAMECACHE) still knows it."""
+    with vcsim.session() as si:
+        vm = add_vm(vcsim, si, "sleeper", [vsphere_vm.source.sys_vmdk], ip="10.0.0.99")
+    try:
+        vcbfs(env, "ls")  # sees the IP, and remembers it
+        with vcsim.session() as si:
+            ref = managed(si, vm.moref)
+            wait_task(si, ref.PowerOffVM_Task())
+            # the simulator keeps what it was told; vSphere forgets a stopped guest's IP
+            forget = vim.option.OptionValue(key="SET.guest.ipAddress", value="")
+            wait_task(si, ref.ReconfigVM_Task(spec=vim.vm.ConfigSpec(extraConfig=[forget])))
+            assert not properties(si, ref, ["guest.ipAddress"]).get("guest.ipAddress")
+        found = json.loads(vcbfs(env, "ls", "-s", "ipaddr:10.0.0.99", "--json").stdout)
+        assert [(v["moref"], v["power"]) for v in found] == [(vm.moref, "off")]
+    finally:
+        with vcsim.session() as si:
+            destroy_vm(si, vm.moref)
 
 
 def test_host_and_user_from_the_command_line(env: dict[str, str], vsphere_vm: VsphereVm) -> None:
@@ -392,6 +420,10 @@ def test_automount_one_snapshot_for_8_readers_released_when_idle(
     assert len(_ours(vcsim, moref)) == 1  # used again: a new snapshot
     assert "released" in vcbfs(env, "release", str(mnt / DEMO_VM)).stdout
     assert _ours(vcsim, moref) == []
+    assert (mnt / DEMO_VM / "letters/C/boot.ini").read_bytes() == SYS_FILES["boot.ini"]
+    assert len(_ours(vcsim, moref)) == 1
+    vcbfs(env, "umount", str(mnt))  # unmounting releases what is open
+    assert _ours(vcsim, moref) == []
 
 
 def test_spec_naming_several_vms_mounts_a_folder(
@@ -410,10 +442,6 @@ def test_spec_naming_several_vms_mounts_a_folder(
     assert (mnt / "twin-b/letters/C/boot.ini").read_bytes() == SYS_FILES["boot.ini"]
     vcbfs(env, "umount", str(mnt))
     with vcsim.session() as si:
-        from pyVmomi import vim
-
-        from tests.vsphere.simulator import find_all
-
         morefs = list(find_all(si, vim.VirtualMachine, ["name"]))
     assert {m: _ours(vcsim, m) for m in morefs if _ours(vcsim, m)} == {}
 
