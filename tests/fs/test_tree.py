@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from tests.fs.vmfixture import TestVm
+from tests.fs.vmfixture import SYS_FILES, TestVm
 from vcbfs.errors import NotFoundError
 from vcbfs.fs.tree import ROOT_INO, STREAM_INO, Tree
 from vcbfs.ntfs.volume import NtfsVolume
@@ -48,6 +48,24 @@ def test_listing_the_root_opens_no_volume(tree: Tree) -> None:
     assert tree.image._volumes is None  # nothing past the disks was looked at
     assert [name for name, _ in tree.readdir(tree.lookup(ROOT_INO, "digits").ino)] == ["1", "2"]
     assert tree.image._volumes is not None
+
+
+def test_digits_read_no_hive_and_letters_keep_their_inodes(test_vm: TestVm) -> None:
+    """digits/ needs no drive letters (the guest's SYSTEM hive, tens of MB on a real guest);
+    letters/ numbers its views after digits/'s whichever is looked into first."""
+    first, second = Tree(open_local_vm(test_vm.vmx)), Tree(open_local_vm(test_vm.vmx))
+    try:
+        boot = _walk(first, "digits/1/boot.ini")
+        assert first.open(boot).read_at(0, 100) == SYS_FILES["boot.ini"]
+        assert not first._letters_done
+        letters_first = _walk(second, "letters/C/boot.ini")  # the other order
+        assert (_walk(first, "letters/C/boot.ini"), _walk(first, "digits/2")) == (
+            letters_first,
+            _walk(second, "digits/2"),
+        )
+    finally:
+        first.close()
+        second.close()
 
 
 def test_try_open_only_when_nothing_needs_reading(tree: Tree) -> None:

@@ -109,6 +109,7 @@ class Tree:
         self._lock = threading.Lock()
         self._nodes: dict[int, _Synthetic] = {}
         self._views: dict[int, _View] | None = None
+        self._letters_done = False  # letters/ reads the guest's SYSTEM hive: only when asked
         self._synthetic = itertools.count(ROOT_INO + 1)  # below 1 << VIEW_SHIFT: never a view's
         root = self._add(ROOT_INO, "")
         for name in ("fullvm", "digits", "letters"):
@@ -143,8 +144,10 @@ class Tree:
             if node.name == "fullvm" and not self._fullvm_done:
                 self._build_fullvm(node)
                 self._fullvm_done = True
-            elif node.name in ("digits", "letters") and self._views is None:
+            elif node.name == "digits" and self._views is None:
                 self._build_views()
+            elif node.name == "letters" and not self._letters_done:
+                self._build_letters()
 
     def _next_ino(self) -> int:
         return next(self._synthetic)
@@ -174,27 +177,38 @@ class Tree:
             )
 
     def _build_views(self) -> None:
+        """digits/: a view per volume, keys 1..N in disk and partition order."""
+        views: dict[int, _View] = {}
+        digits = self._dir("digits")
+        for vol in self.image.volumes():
+            if not self._add_view(views, digits, str(vol.number), f"digits/{vol.number}", vol):
+                break
+        self._views = views  # whole: readers outside the lock never see part of it
+
+    def _build_letters(self) -> None:
+        """letters/: views keyed after digits/'s, in letter order, so inode numbers are the
+        same on every mount whichever of the two is looked into first."""
         from vcbfs.vm.letters import volume_letters
 
-        digits, letters = self._dir("digits"), self._dir("letters")
-        views: dict[int, _View] = {}
-
-        def add(parent: _Synthetic, name: str, path: str, vol: Volume) -> bool:
-            key = len(views) + 1
-            if key >= MAX_VIEWS:
-                self.image.note(f"more than {MAX_VIEWS - 1} views: {path} is not shown")
-                return False
-            views[key] = _View(key, path, vol)
-            self._link(parent, self._add((key << VIEW_SHIFT) | NTFS_ROOT, name))
-            return True
-
-        for vol in self.image.volumes():
-            if not add(digits, str(vol.number), f"digits/{vol.number}", vol):
-                break
+        if self._views is None:
+            self._build_views()
+        assert self._views is not None
+        letters = self._dir("letters")
         for letter, vol in sorted(volume_letters(self.image).items()):
-            if not add(letters, letter, f"letters/{letter}", vol):
+            if not self._add_view(self._views, letters, letter, f"letters/{letter}", vol):
                 break
-        self._views = views
+        self._letters_done = True
+
+    def _add_view(
+        self, views: dict[int, _View], parent: _Synthetic, name: str, path: str, vol: Volume
+    ) -> bool:
+        key = len(views) + 1
+        if key >= MAX_VIEWS:
+            self.image.note(f"more than {MAX_VIEWS - 1} views: {path} is not shown")
+            return False
+        views[key] = _View(key, path, vol)
+        self._link(parent, self._add((key << VIEW_SHIFT) | NTFS_ROOT, name))
+        return True
 
     def close(self) -> None:
         """Close the image (for a vSphere VM: release its snapshot)."""
@@ -211,12 +225,14 @@ class Tree:
         key = ino >> VIEW_SHIFT
         if not key:
             return None
-        if self._views is None:
-            with self._lock:
-                if self._views is None:
-                    self._build_views()
-        assert self._views is not None
-        view = self._views.get(key)
+        views = self._views
+        if views is None or (key not in views and not self._letters_done):
+            with self._lock:  # an inode of a view not built yet (known from an earlier mount)
+                if not self._letters_done:
+                    self._build_letters()
+            views = self._views
+        assert views is not None
+        view = views.get(key)
         if view is None:
             raise NotFoundError(f"no inode {ino}")
         return view, ino & ((1 << VIEW_SHIFT) - 1)
