@@ -13,13 +13,12 @@ count and offset is checked against the extent and the file before it is used.
 from __future__ import annotations
 
 import struct
-import sys
 from array import array
 
 from vcbfs.blocks.lru import LRU
 from vcbfs.blocks.source import ByteSource, read_exact
-from vcbfs.blocks.vmdk.extent import SECTOR, GrainExtent, Kind
-from vcbfs.errors import CorruptError, OutOfRangeError, UnsupportedError
+from vcbfs.blocks.vmdk.extent import SECTOR, GrainExtent, Kind, le_table
+from vcbfs.errors import CorruptError, UnsupportedError
 
 __all__ = ["COWD_MAGIC", "CowdExtent"]
 
@@ -116,9 +115,7 @@ class CowdExtent(GrainExtent):
                 source=self.name,
                 offset=20,
             )
-        self._gd = self._decode(
-            read_exact(file, gd_start, gd_entries * 4, "COWD grain directory"), "I"
-        )
+        self._gd = le_table(read_exact(file, gd_start, gd_entries * 4, "COWD grain directory"), 4)
         self._tables: LRU[int, array[int]] = LRU(
             max(cache_bytes, GT_BYTES), lambda t: t.itemsize * len(t)
         )
@@ -140,13 +137,6 @@ class CowdExtent(GrainExtent):
             )
         return head
 
-    @staticmethod
-    def _decode(data: bytes, code: str) -> array[int]:
-        table = array(code, data)
-        if sys.byteorder != "little":
-            table.byteswap()
-        return table
-
     def _table(self, gd_index: int) -> array[int]:
         table = self._tables.get(gd_index)
         if table is not None:
@@ -158,14 +148,13 @@ class CowdExtent(GrainExtent):
                 source=self.name,
             )
         what = f"COWD grain table {gd_index}"
-        table = self._decode(read_exact(self._src, sector * SECTOR, GT_BYTES, what), "I")
+        table = le_table(read_exact(self._src, sector * SECTOR, GT_BYTES, what), 4)
         self._tables.put(gd_index, table)
         return table
 
     def _grain(self, index: int) -> tuple[Kind, int]:
+        self._check_grain(index)
         gs = self.grain_size
-        if index < 0 or index * gs >= self.size:
-            raise OutOfRangeError(f"grain {index} is outside the extent", source=self.name)
         gd_index, gt_index = divmod(index, GTES_PER_GT)
         if self._gd[gd_index] == 0:
             return Kind.ABSENT, -1

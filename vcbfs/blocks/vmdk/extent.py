@@ -12,14 +12,30 @@ subclasses say where one grain lives, the base turns that into coalesced runs.
 from __future__ import annotations
 
 import enum
+import sys
 from abc import ABC, abstractmethod
+from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 from vcbfs.blocks.source import Buffer, ByteSource, read_exact
 from vcbfs.errors import CorruptError, OutOfRangeError
 
-__all__ = ["Extent", "FlatExtent", "GrainExtent", "Kind", "Run", "ZeroExtent"]
+__all__ = ["Extent", "FlatExtent", "GrainExtent", "Kind", "Run", "ZeroExtent", "le_table"]
+
+
+_CODES = {4: "I" if array("I").itemsize == 4 else "L", 8: "Q"}
+
+
+def le_table(raw: bytes, width: int) -> array[int]:
+    """Little-endian unsigned integers of ``width`` bytes (4 or 8): a grain directory or table.
+    A trailing partial entry is ignored."""
+    table = array(_CODES[width])
+    table.frombytes(raw[: len(raw) - len(raw) % width])
+    if sys.byteorder == "big":  # pragma: no cover - every platform we run on is little-endian
+        table.byteswap()
+    return table
+
 
 SECTOR = 512
 
@@ -156,6 +172,10 @@ class GrainExtent(Extent):
     @abstractmethod
     def _grain(self, index: int) -> tuple[Kind, int]:
         """Kind and file byte offset (DATA only, else -1) of grain ``index``."""
+
+    def _check_grain(self, index: int) -> None:
+        if index < 0 or index * self.grain_size >= self.size:
+            raise OutOfRangeError(f"grain {index} is outside the extent", source=self.name)
 
     def map(self, offset: int, length: int) -> Iterator[Run]:
         gs = self.grain_size

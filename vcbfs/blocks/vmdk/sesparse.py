@@ -21,13 +21,12 @@ rather than guess.  Every offset and count is checked against the header and the
 from __future__ import annotations
 
 import struct
-import sys
 from array import array
 
 from vcbfs.blocks.lru import LRU
 from vcbfs.blocks.source import ByteSource, read_exact
-from vcbfs.blocks.vmdk.extent import SECTOR, GrainExtent, Kind
-from vcbfs.errors import CorruptError, OutOfRangeError, UnsupportedError
+from vcbfs.blocks.vmdk.extent import SECTOR, GrainExtent, Kind, le_table
+from vcbfs.errors import CorruptError, UnsupportedError
 
 __all__ = [
     "HEADER_FIELDS",
@@ -158,7 +157,7 @@ class SeSparseExtent(GrainExtent):
         gd = read_exact(
             file, h["grain_dir_offset"] * SECTOR, tables * 8, "SEsparse grain directory"
         )
-        self._gd = self._decode(gd)
+        self._gd = le_table(gd, 8)
         self._tables: LRU[int, array[int]] = LRU(
             max(cache_bytes, GT_BYTES), lambda t: t.itemsize * len(t)
         )
@@ -239,13 +238,6 @@ class SeSparseExtent(GrainExtent):
         self.free_gt_number = free_gt
         self.next_txn_seq_number = next_txn
 
-    @staticmethod
-    def _decode(data: bytes) -> array[int]:
-        table = array("Q", data)
-        if sys.byteorder != "little":
-            table.byteswap()
-        return table
-
     def _table(self, gd_index: int, entry: int) -> array[int]:
         table = self._tables.get(gd_index)
         if table is not None:
@@ -259,14 +251,13 @@ class SeSparseExtent(GrainExtent):
             )
         at = self._gt_start + number * GT_BYTES
         what = f"SEsparse grain table {number}"
-        table = self._decode(read_exact(self._src, at, GT_BYTES, what))
+        table = le_table(read_exact(self._src, at, GT_BYTES, what), 8)
         self._tables.put(gd_index, table)
         return table
 
     def _grain(self, index: int) -> tuple[Kind, int]:
+        self._check_grain(index)
         gs = self.grain_size
-        if index < 0 or index * gs >= self.size:
-            raise OutOfRangeError(f"grain {index} is outside the extent", source=self.name)
         gd_index, gt_index = divmod(index, GTES_PER_GT)
         gd_entry = self._gd[gd_index]
         if gd_entry == 0:

@@ -14,14 +14,13 @@ reads do not inflate one grain many times.
 from __future__ import annotations
 
 import struct
-import sys
 import zlib
 from array import array
 from dataclasses import dataclass
 
 from vcbfs.blocks.lru import LRU
 from vcbfs.blocks.source import ByteSource, read_exact
-from vcbfs.blocks.vmdk.extent import SECTOR, GrainExtent, Kind, Run
+from vcbfs.blocks.vmdk.extent import SECTOR, GrainExtent, Kind, Run, le_table
 from vcbfs.errors import CorruptError, UnsupportedError
 
 __all__ = ["SPARSE_MAGIC", "SparseExtent", "SparseHeader", "read_sparse_header"]
@@ -193,7 +192,7 @@ class SparseExtent(GrainExtent):
                 f"{what} of {self._gd_entries} entries is too large", source=self.name
             )
         raw = read_exact(self.file, sector * SECTOR, nbytes, what) if nbytes else b""
-        return _u32(raw)
+        return le_table(raw, 4)
 
     def _table(self, gd_index: int) -> array[int] | None:
         """The grain table for ``gd_index`` (None if absent), from the primary GD or the RGD."""
@@ -218,7 +217,7 @@ class SparseExtent(GrainExtent):
                     )
                 )
                 continue
-            table = _u32(self.file.read_at(loc, nbytes))
+            table = le_table(self.file.read_at(loc, nbytes), 4)
             self._tables.put(gd_index, table)
             return table
         raise errors[0]
@@ -299,13 +298,3 @@ class SparseExtent(GrainExtent):
         if h.compressed:
             info["compressed"] = "deflate"
         return info
-
-
-def _u32(raw: bytes) -> array[int]:
-    table = array("I")
-    if table.itemsize != 4:  # pragma: no cover - every platform we run on has 4-byte "I"
-        table = array("L")
-    table.frombytes(raw[: len(raw) - len(raw) % 4])
-    if sys.byteorder == "big":  # pragma: no cover
-        table.byteswap()
-    return table
