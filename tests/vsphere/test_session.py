@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pyVmomi import vim
 
 from tests.vsphere.conftest import DEMO_IP, DEMO_VM, VsphereVm
 from tests.vsphere.simulator import (
@@ -25,6 +26,7 @@ from vcbfs.errors import AccessDeniedError, UnsupportedError
 from vcbfs.vsphere import session as session_mod
 from vcbfs.vsphere.datastore import Datastores
 from vcbfs.vsphere.inventory import NameCache, VmInfo, find_vms, list_vms, select
+from vcbfs.vsphere.provider import VsphereProvider
 from vcbfs.vsphere.session import LoginError, Session
 from vcbfs.vsphere.snapshots import Journal, cleanup, proxy_name, release, take
 from vcbfs.vsphere.spec import parse_spec
@@ -242,6 +244,49 @@ def test_transports_are_tried_in_the_order_given(
         UnsupportedError, match=rf"no transport reaches this file \(local: {tmp_path}"
     ):
         reached(("local",), empty)
+
+
+def test_a_physical_rdm_is_left_out_and_the_rest_of_the_vm_opens(
+    session: Session, vsphere_vm: VsphereVm, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """vcsim cannot hold an RDM disk (it drops the connection), so the demo VM's own
+    configuration, read from the simulator, gets one added before the provider reads it."""
+    vm = find_vms(session, parse_spec(f"name:{DEMO_VM}"))[0]
+    config = session.properties(vm.ref, ["config"])["config"]
+    controller = next(
+        d for d in config.hardware.device if isinstance(d, vim.vm.device.VirtualSCSIController)
+    )
+    rdm = vim.vm.device.VirtualDisk.RawDiskMappingVer1BackingInfo(
+        fileName=f"[{vsphere_vm.vm.datastore}] {DEMO_VM}/lun.vmdk",
+        compatibilityMode="physicalMode",
+    )
+    disk = vim.vm.device.VirtualDisk(
+        key=2099, controllerKey=controller.key, unitNumber=9, backing=rdm
+    )
+    config.hardware.device = [*config.hardware.device, disk]
+    properties = session.properties
+
+    def with_rdm(obj: Any, paths: list[str]) -> dict[str, Any]:
+        return {"config": config} if obj == "snapshot" else properties(obj, paths)
+
+    monkeypatch.setattr(session, "properties", with_rdm)
+    datastores = Datastores(session)
+    provider = VsphereProvider(
+        session, datastores, Journal(tmp_path / "journal"), parse_spec(f"name:{DEMO_VM}")
+    )
+    snap: Any = type("Snap", (), {"ref": "snapshot"})()
+    image = provider._image(vm, snap)
+    try:
+        assert [d.device for d in image.disks] == ["scsi0:0", "scsi0:1"]
+        assert [n for n in image.notes if "physical-mode RDM" in n] == [
+            f"disk scsi0:9 ({rdm.fileName}) is a physical-mode RDM: vSphere cannot snapshot it, "
+            "so it is skipped; back it up from the SAN"
+        ]
+        assert [v.number for v in image.volumes()] == [1, 2]  # the other disks read as ever
+    finally:
+        for d in image.disks:
+            d.source.close()
+        datastores.close()
 
 
 def test_the_simulators_own_certificate(tmp_path: Path) -> None:
