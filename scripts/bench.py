@@ -4,6 +4,7 @@
     scripts/bench ntfs [--repeat N] [--only big,walk] [--profile]   (see ``ntfs --help``)
     scripts/bench mount [--repeat N] [--only open,big,holes,tar,find] [--profile]
     scripts/bench vsphere [--size-mib N] [--repeat N]
+    scripts/bench requests [--repeat N] [--count N]
 
 ``disk`` reads whole virtual disks into a file, with ``vcbfs disk cat IMG > out.raw``, with
 ``qemu-img convert -O raw IMG out.raw``, and with libvmdk's ``vmdkmount`` (mount, ``cat
@@ -2390,6 +2391,161 @@ def print_vsphere_table(
 # ---------------------------------------------------------------------------------------------
 
 
+# ---------------------------------------------------------------------------------------------
+# scripts/bench requests
+
+REQUESTS_DOC = """\
+    scripts/bench requests [--repeat N] [--count N]
+
+``requests`` measures what one FUSE request costs on each side, which bounds any benchmark that
+makes many of them (tar of a tree makes about 11,500).  It opens and closes one small file
+(bench/``sizes/tiny-1.bin`` of the mount benchmark's volume) COUNT times (default 5,000) in the
+bench's own process: each pair is an OPEN and a RELEASE request (and a FLUSH where the server
+answers it), and nothing is read.  Three servers, each on a fresh mount, runs interleaved:
+
+  vcbfs     ``vcbfs mount`` of the mount benchmark's VM (MNT/letters/F)
+  ntfs-3g   ``ntfs-3g -o ro`` of the same volume
+  nothing   the least pyfuse3 + trio file system (one file, every answer from memory: no
+            parsing, no disk), run from this script: the floor under any server built on the
+            binding and event loop vcbfs uses
+
+The table shows microseconds per open + close (best and median of N runs) and the ratio to
+ntfs-3g's.  Printed, never asserted.
+"""
+
+
+class _Nothing:
+    """The least pyfuse3 + trio file system: a root holding ``f`` (1 byte); no state."""
+
+    @staticmethod
+    def serve(mnt: str) -> None:
+        import errno as errno_
+        import stat as stat_
+
+        import pyfuse3
+        import trio
+
+        class Ops(pyfuse3.Operations):
+            async def getattr(self, inode: int, ctx: Any = None) -> Any:
+                e = pyfuse3.EntryAttributes()
+                e.st_ino = inode
+                e.entry_timeout = e.attr_timeout = 86400
+                e.st_mode = (stat_.S_IFDIR | 0o555) if inode == 1 else (stat_.S_IFREG | 0o444)
+                e.st_size = 0 if inode == 1 else 1
+                return e
+
+            async def lookup(self, parent: int, name: bytes, ctx: Any = None) -> Any:
+                if parent != 1 or name != b"f":
+                    raise pyfuse3.FUSEError(errno_.ENOENT)
+                return await self.getattr(2)
+
+            async def open(self, inode: int, flags: int, ctx: Any) -> Any:
+                return pyfuse3.FileInfo(fh=inode, keep_cache=True)
+
+            async def read(self, fh: int, off: int, size: int) -> bytes:
+                return b"x"[off : off + size]
+
+            async def release(self, fh: int) -> None:
+                pass
+
+        pyfuse3.init(Ops(), mnt, {"fsname=nothing", "ro"})
+        try:
+            trio.run(pyfuse3.main)
+        finally:
+            pyfuse3.close(unmount=False)
+
+
+class NothingSide(MountSide):
+    """``scripts/bench.py _nothing MNT`` in the background; ``fusermount3 -u`` ends it."""
+
+    name = "nothing"
+    root = "MNT"
+
+    def __init__(self, mnt: Path) -> None:
+        self.mnt = mnt
+        self.mnt.mkdir(parents=True, exist_ok=True)
+
+    @contextlib.contextmanager
+    def mounted(self) -> Iterator[Mounted]:
+        proc = subprocess.Popen([venv_python(), __file__, "_nothing", str(self.mnt)])
+        try:
+            deadline = time.monotonic() + 30
+            while not is_mounted(self.mnt):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the do-nothing pyfuse3 file system did not mount")
+                time.sleep(0.02)
+            yield Mounted(self.mnt, proc.pid)
+        finally:
+            if is_mounted(self.mnt):
+                run(["fusermount3", "-u", self.mnt])
+            proc.wait(30)
+
+
+def open_close(path: Path, count: int) -> None:
+    """``count`` opens and closes of ``path``."""
+    for _ in range(count):
+        os.close(os.open(path, os.O_RDONLY))
+
+
+def register_requests(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = bench_parser(
+        verbs,
+        "requests",
+        "the cost of one FUSE request: vcbfs, ntfs-3g, pyfuse3 + trio alone",
+        REQUESTS_DOC,
+        run_requests,
+    )
+    p.add_argument("--count", type=positive, default=5000, help="open+close pairs per run")
+    hidden = verbs.add_parser("_nothing")  # the do-nothing file system, for NothingSide
+    hidden.add_argument("mnt")
+    hidden.set_defaults(run=lambda a: _Nothing.serve(a.mnt) or 0)
+
+
+def run_requests(args: argparse.Namespace) -> int:
+    need_tools("ntfs-3g", "fusermount3")
+    started = time.perf_counter()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    img, vm = mount_fixture()
+    sides: list[tuple[MountSide, str]] = [
+        (VcbfsSide(vm.vmx, bench_dir() / "mnt-vcbfs"), TINY_FILE),
+        (Ntfs3gSide(img.path), TINY_FILE),
+        (NothingSide(bench_dir() / "mnt-nothing"), "f"),
+    ]
+    bench = Bench(args.repeat)
+    times: dict[str, list[float]] = {side.name: [] for side, _ in sides}
+    for rep in range(args.repeat):
+        for side, rel in sides if rep % 2 == 0 else sides[::-1]:
+            with side.mounted() as m:
+                os.stat(m.root / rel)  # looked up once: the runs time only OPEN and RELEASE
+                t = bench.time(lambda: open_close(m.root / rel, args.count))  # noqa: B023
+            times[side.name].append(t)
+            log(f"{side.name} run {rep + 1}: {t / args.count * 1e6:.1f} µs per open+close")
+    print_header(
+        "vcbfs bench requests",
+        bench,
+        [
+            f"{args.count} opens and closes of one small file per run, on a fresh mount, in "
+            "this process (no process start-up); best and median of the runs",
+            "nothing: the least pyfuse3 + trio file system (see --help)",
+        ],
+    )
+    ref = min(times["ntfs-3g"])
+    rows = []
+    for name, ts in times.items():
+        best, median = min(ts), statistics.median(ts)
+        rows.append(
+            [
+                name,
+                f"{best / args.count * 1e6:.1f}",
+                f"{median / args.count * 1e6:.1f}",
+                f"{best / ref:.2f}x",
+            ]
+        )
+    print_table(["server", "best µs", "median µs", "/ ntfs-3g"], rows)
+    print(f"whole run: {time.perf_counter() - started:.0f} s", flush=True)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="scripts/bench",
@@ -2400,6 +2556,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     register_ntfs(verbs)
     register_mount(verbs)
     register_vsphere(verbs)
+    register_requests(verbs)
     args = parser.parse_args(argv)
     return int(args.run(args))
 
