@@ -31,12 +31,17 @@ def desc(
     return ("\n".join(lines) + "\n").encode()
 
 
-def test_zero_extent_between_flat_extents() -> None:
-    files = {
+def flat_zero_flat() -> dict[str, bytes]:
+    """A disk of 1 KiB flat ("A"), 2 KiB ZERO extent, 1 KiB flat ("B"): d.vmdk and its files."""
+    return {
         "d.vmdk": desc("1", ['RW 2 FLAT "a.bin" 1', "RW 4 ZERO", 'RW 2 FLAT "b.bin"']),
         "a.bin": b"x" * 512 + b"A" * 1024,
         "b.bin": b"B" * 1024,
     }
+
+
+def test_zero_extent_between_flat_extents() -> None:
+    files = flat_zero_flat()
     with open_disk(MemoryLocation(files, "d.vmdk")) as disk:
         assert disk.size == 8 * 512
         assert disk.read_at(0, disk.size) == b"A" * 1024 + bytes(2048) + b"B" * 1024

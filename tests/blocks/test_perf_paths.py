@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.blocks.test_chain import desc
+from tests.blocks.test_chain import flat_zero_flat
 from tests.memsource import MemoryLocation, MemorySource
 from vcbfs.blocks import local as local_mod
 from vcbfs.blocks.cache import CachedSource
@@ -141,11 +141,7 @@ def test_cached_source_answers_cached_blocks_and_keeps_its_streams() -> None:
 
 
 def test_virtual_disk_flat_and_zero_extents() -> None:
-    files = {
-        "d.vmdk": desc("1", ['RW 2 FLAT "a.bin" 1', "RW 4 ZERO", 'RW 2 FLAT "b.bin"']),
-        "a.bin": b"x" * 512 + b"A" * 1024,
-        "b.bin": b"B" * 1024,
-    }
+    files = flat_zero_flat()
     with open_disk(MemoryLocation(files, "d.vmdk")) as disk:
         # MemorySource cannot answer without "I/O": only the zero extent comes back.
         assert disk.try_read_at(0, 100) is None
