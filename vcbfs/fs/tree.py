@@ -436,20 +436,19 @@ class Tree:
         return view.volume.ntfs().open(record)
 
     def try_open(self, ino: int) -> ByteSource | None:
-        """``open`` when it needs no disk read (a parsed record, a small synthetic file)."""
-        if ino & STREAM_INO or (ino >> VIEW_SHIFT and self._views is None):
-            return None
-        found = self._view(ino)
-        if found is None:
-            node = self._nodes.get(ino)
-            if node is None or node.data is None:
-                return None
-            from vcbfs.ntfs.stream import ResidentStream
+        """``open`` when it needs no disk read (a parsed record, a small synthetic file).
 
-            return ResidentStream(node.data, node.name)
-        view, record = found
-        vol = view.volume.ntfs_if_open()
-        return None if vol is None else vol.try_open(record)
+        Never builds anything: a view not built yet, or a volume not open yet, is None.
+        """
+        if ino & STREAM_INO:
+            return None
+        key = ino >> VIEW_SHIFT
+        if not key:
+            node = self._nodes.get(ino)
+            return self.open(ino) if node is not None and node.data is not None else None
+        view = self._views.get(key) if self._views is not None else None
+        vol = view.volume.ntfs_if_open() if view is not None else None
+        return None if vol is None else vol.try_open(ino & ((1 << VIEW_SHIFT) - 1))
 
     def readlink(self, ino: int) -> str:
         found = self._view(ino)
