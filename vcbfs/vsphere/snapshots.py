@@ -256,20 +256,21 @@ def _abandon(
     try:
         ref = wait_task(session, task, what=what, timeout=grace)
     except TaskTimeout:
-        entry.pid, entry.started = 0, ""
-        journal.write(entry)
-        return "the task still runs in vSphere; `vcbfs cleanup` removes its snapshot once made"
+        outcome = "the task still runs in vSphere; `vcbfs cleanup` removes its snapshot once made"
     except (TaskError, vmodl.MethodFault):
         _forget_failed(session, vm, entry, journal)
         return "the task was cancelled"
-    try:
-        _remove(session, ref, vm.name)
-    except VsphereError as exc:
-        entry.pid, entry.started = 0, ""
-        journal.write(entry)
-        return f"it was made late and could not be removed ({exc}); `vcbfs cleanup` retries"
-    journal.remove(entry.id)
-    return "it was made late, and has been removed"
+    else:
+        try:
+            _remove(session, ref, vm.name)
+        except VsphereError as exc:
+            outcome = f"it was made late and could not be removed ({exc}); `vcbfs cleanup` retries"
+        else:
+            journal.remove(entry.id)
+            return "it was made late, and has been removed"
+    entry.pid, entry.started = 0, ""  # owned by no process: cleanup may release it
+    journal.write(entry)
+    return outcome
 
 
 def _forget_failed(session: Session, vm: VmInfo, entry: JournalEntry, journal: Journal) -> None:
