@@ -18,6 +18,7 @@ from vcbfs import errors
         (errors.NotFoundError, FileNotFoundError, errno.ENOENT),
         (errors.AccessDeniedError, PermissionError, errno.EACCES),
         (errors.ReadError, OSError, errno.EIO),
+        (errors.UnavailableError, OSError, errno.EIO),
         (errors.OutOfRangeError, ValueError, errno.EINVAL),
     ],
 )

@@ -19,6 +19,7 @@ __all__ = [
     "NotFoundError",
     "OutOfRangeError",
     "ReadError",
+    "UnavailableError",
     "UnsupportedError",
     "VcbfsError",
     "VsphereError",
@@ -64,6 +65,15 @@ class UnsupportedError(VcbfsError, NotImplementedError):
     """A valid structure that vcbfs recognises but cannot read (RDM, LDM, an unknown extent)."""
 
     errno = _errno.EOPNOTSUPP
+
+
+class UnavailableError(VcbfsError, OSError):
+    """A file whose content vcbfs cannot give faithfully: it lives outside the volume (a Data
+    Deduplication, cloud or HSM stub, a WIM-backed file) or only the guest can decrypt it (EFS).
+
+    Reading it fails (EIO) rather than returning its empty or sparse $DATA as the content."""
+
+    errno = _errno.EIO
 
 
 class NotFoundError(VcbfsError, FileNotFoundError):

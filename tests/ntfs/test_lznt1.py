@@ -1,4 +1,5 @@
-"""LZNT1 decompression: spec vectors, hand-built tokens, round trips and corrupt input."""
+"""The pure-Python LZNT1 decoder, the test oracle of vcbfs.ntfs.compression: spec vectors,
+hand-built tokens, round trips and corrupt input."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from tests.ntfs.lznt1_compress import (
     split_bits,
 )
 from vcbfs.errors import CorruptError
-from vcbfs.ntfs.lznt1 import CHUNK_SIZE, decompress_chunk, decompress_unit
+from tests.ntfs.lznt1_oracle import CHUNK_SIZE, decompress_chunk, decompress_unit
 
 UNIT = 16 * CHUNK_SIZE  # a 16-cluster unit of 4 KiB clusters
 

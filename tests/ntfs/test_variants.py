@@ -47,7 +47,7 @@ from tests.ntfs.variants import (
     unfixup,
 )
 from vcbfs.blocks.local import LocalSource
-from vcbfs.errors import UnsupportedError
+from vcbfs.errors import UnavailableError
 from vcbfs.ntfs.volume import ROOT, NtfsVolume
 
 CHUNK = 4 << 20
@@ -340,7 +340,8 @@ def test_efs_flags_are_in_every_copy(variants: Variants) -> None:
 
 
 def test_efs_our_reader(variants: Variants, ntfs_image: NtfsImage) -> None:
-    """stat works and says encrypted; open raises UnsupportedError naming EFS; siblings read."""
+    """stat works and says encrypted; open raises UnavailableError (EIO) naming EFS, never the
+    ciphertext as content; siblings read."""
     with opened(variants.efs) as vol:
         for path in _efs_names(variants, ntfs_image):
             ref = ntfs_image.entries[path]
@@ -350,9 +351,9 @@ def test_efs_our_reader(variants: Variants, ntfs_image: NtfsImage) -> None:
             assert st.attributes == ref["attributes"] | FILE_ATTRIBUTE_ENCRYPTED
             assert st.links == ref["nlink"]
             assert all(fn.flags & FILE_ATTRIBUTE_ENCRYPTED for fn in vol.names(number))
-            with pytest.raises(UnsupportedError, match="EFS") as exc:
+            with pytest.raises(UnavailableError, match="EFS") as exc:
                 vol.open(number)
-            assert exc.value.errno == errno.EOPNOTSUPP
+            assert exc.value.errno == errno.EIO
         for path in _efs_siblings(variants, ntfs_image):
             number = vol.lookup(path)
             assert not vol.stat(number).encrypted

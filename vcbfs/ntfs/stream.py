@@ -16,7 +16,7 @@ from vcbfs.blocks.lru import LRU
 from vcbfs.blocks.source import Buffer, ByteSource, Span, assemble, coalesce, zeros
 from vcbfs.errors import CorruptError, UnsupportedError
 from vcbfs.ntfs.attributes import Attribute
-from vcbfs.ntfs.lznt1 import decompress_unit
+from vcbfs.ntfs.compression import lznt1_unit
 from vcbfs.ntfs.runlist import RunMap, decode_runlist
 
 __all__ = ["AttributeStream", "ResidentStream", "open_stream"]
@@ -187,9 +187,7 @@ class AttributeStream(ByteSource):
                 data = raw  # stored uncompressed
             else:
                 stored = raw[: allocated * cs]  # compressed data precedes the unit's holes
-                data = decompress_unit(stored, unit, source=self.name)
-                if len(data) < unit:
-                    data += bytes(unit - len(data))
+                data = lznt1_unit(stored, unit, f"{self.name}: compression unit {u}")
         self._units.put(u, data)
         return data
 

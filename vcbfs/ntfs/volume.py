@@ -15,7 +15,8 @@ from typing import NamedTuple
 
 from vcbfs.blocks.lru import LRU
 from vcbfs.blocks.source import ByteSource
-from vcbfs.errors import CorruptError, NotADirectory, NotFoundError, UnsupportedError
+from vcbfs.errors import CorruptError, NotADirectory, NotFoundError, UnavailableError
+from vcbfs.ntfs import wof
 from vcbfs.ntfs.attributes import (
     AT,
     FN_NAMESPACE,
@@ -31,7 +32,7 @@ from vcbfs.ntfs.boot import BootSector, read_backup_boot_sector, read_boot_secto
 from vcbfs.ntfs.index import DirectoryIndex
 from vcbfs.ntfs.mft import FileRecord, Mft
 from vcbfs.ntfs.names import UpCase, default_upcase
-from vcbfs.ntfs.reparse import Reparse, parse_reparse
+from vcbfs.ntfs.reparse import TAG_WOF, Reparse, missing_data, parse_reparse
 from vcbfs.ntfs.stream import open_stream
 
 __all__ = ["DirEntry", "NtfsStat", "NtfsVolume"]
@@ -212,6 +213,7 @@ class NtfsVolume:
         # One pass over the attributes: stat runs for every entry a listing shows.
         si_value: bytes | None = None
         first: Attribute | None = None
+        packed: Attribute | None = None  # WofCompressedData: what a WOF file really holds
         links = 0
         has_reparse = False
         for a in node.attrs:
@@ -224,6 +226,8 @@ class NtfsVolume:
             elif t == AT.DATA:
                 if not a.name and (first is None or a.start_vcn < first.start_vcn):
                     first = a
+                elif a.name == wof.STREAM and (packed is None or a.start_vcn < packed.start_vcn):
+                    packed = a
             elif t == AT.STANDARD_INFORMATION:
                 if si_value is None:
                     if not a.resident:
@@ -243,6 +247,8 @@ class NtfsVolume:
             value = self._small_value(node, AT.REPARSE_POINT, limit=16 << 10)
             if value is not None:
                 reparse = parse_reparse(value, f"{self.name}: record {number}")
+                if reparse.tag == TAG_WOF and packed is not None:
+                    allocated = packed.on_disk
         rec = node.record
         return _make_stat(number, rec.sequence, rec.is_dir, size, allocated, links, si, reparse)
 
@@ -323,15 +329,44 @@ class NtfsVolume:
         return self._open(node, number, stream)
 
     def _open(self, node: _Node, number: int, stream: str) -> ByteSource:
-        if not node.find(AT.DATA, stream):
+        extents = node.find(AT.DATA, stream)
+        if not extents:
             what = f"stream {stream!r}" if stream else "data"
             raise NotFoundError(f"record {number} has no {what}", source=self.name)
-        first = min(node.find(AT.DATA, stream), key=lambda a: a.start_vcn)
-        if first.encrypted:
-            raise UnsupportedError(f"record {number} is EFS-encrypted", source=self.name)
+        label = f"{self.name}: record {number}"
+        if min(extents, key=lambda a: a.start_vcn).encrypted:
+            raise UnavailableError(
+                "it is EFS-encrypted: only the guest, with the owner's key, can read it",
+                source=label,
+            )
+        if not stream:
+            if node.stat is None:
+                node.stat = self._stat(number, node)
+            st = node.stat
+            if st.reparse is not None:
+                if st.reparse.tag == TAG_WOF:
+                    return self._open_wof(node, st, label)
+                why = missing_data(st.reparse, st.attributes, st.size, st.allocated)
+                if why is not None:
+                    raise UnavailableError(why, source=label)
         src = self._stream(node, AT.DATA, stream)
         assert src is not None
         return src
+
+    def _open_wof(self, node: _Node, st: NtfsStat, label: str) -> ByteSource:
+        """A WOF file's content, decoded from its WofCompressedData stream."""
+        assert st.reparse is not None
+        info = wof.parse_wof(st.reparse.data, label)
+        packed = self._stream(node, AT.DATA, wof.STREAM)
+        if packed is None:
+            raise CorruptError(f"WOF file has no {wof.STREAM} stream", source=label)
+        return wof.WofStream(packed, st.size, info.algorithm, label)
+
+    def is_wof(self, number: int) -> bool:
+        """Whether the file's content is decoded from WofCompressedData (which is then no
+        stream of its own to back up)."""
+        reparse = self.stat(number).reparse
+        return reparse is not None and reparse.tag == TAG_WOF
 
     def streams(self, number: int) -> list[tuple[str, int]]:
         """Named data streams (alternate data streams) and their sizes."""
