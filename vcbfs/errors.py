@@ -30,12 +30,20 @@ class VcbfsError(Exception):
     """Base of all vcbfs errors: a message, the source it concerns and, if known, an offset."""
 
     errno: ClassVar[int] = _errno.EIO
+    reported: bool = False  # already logged with the path of the file it concerns
 
     def __init__(self, message: str, *, source: str | None = None, offset: int | None = None):
         self.message = message
         self.source = source
         self.offset = offset
         super().__init__(self.describe())
+
+    def about(self, what: str) -> VcbfsError:
+        """The same error, its source prefixed with ``what`` (the file a user asked for)."""
+        where = f"{what} ({self.source})" if self.source else what
+        new = type(self)(self.message, source=where, offset=self.offset)
+        new.reported = self.reported
+        return new
 
     def describe(self) -> str:
         """One line: ``source: at offset 0x..: message``, leaving out what is unknown."""

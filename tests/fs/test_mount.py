@@ -150,9 +150,22 @@ def test_data_volume_equals_ntfs3g(mnt: Path, test_vm: TestVm) -> None:
                 continue
             seen[rel] = os.lstat(os.path.join(dirpath, name))
     want = {p for p in manifest["entries"] if p != "."}
-    assert sorted(set(seen) ^ want) == []
+    # Streams too large for an xattr are listed beside their file as FILE:STREAM.
+    large = {
+        f"{p}:{name}": info
+        for p, e in manifest["entries"].items()
+        for name, info in e.get("streams", {}).items()
+        if info["size"] > 65536
+    }
+    assert large, "the reference volume has a stream over 64 KiB"
+    assert sorted(set(seen) ^ want ^ set(large)) == []
+    for rel, info in large.items():
+        assert stat.S_ISREG(seen[rel].st_mode)
+        assert (seen[rel].st_size, _sha256(root / rel)) == (info["size"], info["sha256"])
     bad = []
     for rel, st in seen.items():
+        if rel in large:
+            continue
         ref = manifest["entries"][rel]
         kind = (
             "symlink"
@@ -238,7 +251,9 @@ def test_streams_and_attributes_as_xattrs(mnt: Path, test_vm: TestVm, tmp_path: 
     assert _sha256(large) == ref[data.large_stream]["sha256"]
     st = os.stat(large)  # its own inode, which getattr must know too
     assert st.st_size == ref[data.large_stream]["size"] and st.st_ino != os.stat(path).st_ino
-    assert large.name not in os.listdir(path.parent)
+    assert large.name in os.listdir(path.parent)  # listed, so that an agent backs it up
+    listed = {e.name: e.inode() for e in os.scandir(path.parent)}
+    assert listed[large.name] == st.st_ino  # the listing and the lookup agree
     out = tmp_path / "x.tar"
     # tmpfs keeps user xattrs of any size (ext4 only what fits one block)
     back = Path(tempfile.mkdtemp(dir="/dev/shm"))

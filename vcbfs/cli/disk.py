@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from vcbfs.cli.common import add_location_options, location_from_args
-from vcbfs.errors import NotFoundError
+from vcbfs.errors import NotFoundError, VcbfsError
 
 if TYPE_CHECKING:
     from vcbfs.blocks.partitions import PartitionTable
@@ -138,7 +138,13 @@ def run_cat(args: argparse.Namespace) -> int:
         if args.file is not None:
             volume = _volume(disk, args.partition)
             path, stream = _split_stream(args.file)
-            source = volume.open(volume.lookup(path), stream)
+            try:
+                source = volume.open(volume.lookup(path), stream)
+                sys.stdout.flush()
+                copy_to_fd(source, sys.stdout.fileno())
+            except VcbfsError as exc:
+                raise exc.about(args.file) from exc
+            return 0
         elif args.partition is not None:
             source = _partition(disk, args.partition)
         sys.stdout.flush()

@@ -307,9 +307,9 @@ class VmFolder:
         """The root and the VM directories have no xattrs (and asking takes no snapshot)."""
         return None if ino == ROOT_INO or ino in self._by_ino else self._split(ino)
 
-    def listxattr(self, ino: int) -> list[str]:
+    def listxattr(self, ino: int, *, privileged: bool = True) -> list[str]:
         found = self._xattr_owner(ino)
-        return found[1].listxattr(found[2]) if found else []
+        return found[1].listxattr(found[2], privileged=privileged) if found else []
 
     def getxattr(self, ino: int, name: str) -> bytes:
         found = self._xattr_owner(ino)

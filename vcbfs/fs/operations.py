@@ -53,7 +53,7 @@ def _guard(handler: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
         except pyfuse3.FUSEError:
             raise
         except VcbfsError as exc:
-            if exc.errno == errno.EIO:
+            if exc.errno == errno.EIO and not exc.reported:
                 log.error("%s: %s", handler.__name__, exc)
             raise pyfuse3.FUSEError(exc.errno) from None
         except Exception:
@@ -186,7 +186,12 @@ class Operations(pyfuse3.Operations):
 
     @_guard
     async def listxattr(self, inode: int, ctx: Any) -> list[bytes]:
-        return [os.fsencode(n) for n in await self._run(self.tree.listxattr, inode)]
+        # The kernel lets only a privileged caller read trusted.* (a link's metadata).
+        privileged = ctx is None or ctx.uid == 0
+        names = await self._run(
+            functools.partial(self.tree.listxattr, inode, privileged=privileged)
+        )
+        return [os.fsencode(n) for n in names]
 
     @_guard
     async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:

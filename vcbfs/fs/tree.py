@@ -12,13 +12,20 @@ files, and ``(view << 40) | MFT record`` inside a volume, where each view (a ``d
 ``letters/X`` directory) has its own number in a fixed order.  The tree of a snapshot never
 changes, so nothing here is ever invalidated.
 
-Named streams (alternate data streams) are xattrs ``user.<stream>`` when they fit an xattr
-(64 KiB); every stream, large ones included, can be opened as ``<file>:<stream>`` (a name that
-is looked up but not listed).  Windows metadata is kept under the names ntfs-3g uses, in the
-``user`` namespace so that ``tar --xattrs`` and rsync keep them: ``user.ntfs_attrib_be``
-(FILE_ATTRIBUTE_* bits, big-endian), ``user.ntfs_acl`` (the security descriptor),
-``user.ntfs_times`` (creation, write, access, change: four little-endian FILETIMEs) and
-``user.ntfs_reparse_data`` (raw reparse data).
+Named streams (alternate data streams) are xattrs ``user.<stream>`` when they fit one (a value
+of at most 64 KiB, a name of at most 255 bytes, a list of at most 64 KiB: the kernel's limits).
+Any other stream is listed beside its file as ``<file>:<stream>``, a regular file of its own,
+so that an agent backing up the directory meets it; every stream can be opened by that name.
+Nothing is listed that the kernel would then refuse to read.
+
+Windows metadata is kept under the names ntfs-3g uses, in the ``user`` namespace so that
+``tar --xattrs`` and rsync keep them: ``user.ntfs_attrib_be`` (FILE_ATTRIBUTE_* bits,
+big-endian), ``user.ntfs_acl`` (the security descriptor), ``user.ntfs_times`` (creation,
+write, access, change: four little-endian FILETIMEs) and ``user.ntfs_reparse_data`` (raw
+reparse data).  The kernel allows ``user.*`` only on regular files and directories, so a
+link's metadata is under ``trusted.*`` instead, listed to root only (the one who may read it).
+A WOF file is shown as its content: its WofCompressedData stream and reparse data are not
+listed (``<file>:WofCompressedData`` still opens).
 """
 
 from __future__ import annotations
@@ -35,9 +42,10 @@ from dataclasses import dataclass
 from vcbfs.blocks.lru import LRU
 from vcbfs.blocks.source import ByteSource
 from vcbfs.errors import NotADirectory, NotFoundError, VcbfsError
+from vcbfs.ntfs import wof
 from vcbfs.ntfs.attributes import FILETIME_EPOCH, filetime_ns
 from vcbfs.ntfs.volume import ROOT as NTFS_ROOT
-from vcbfs.ntfs.volume import DirEntry, NtfsVolume
+from vcbfs.ntfs.volume import DirEntry, NtfsStat, NtfsVolume
 from vcbfs.vm.image import VmImage, Volume
 
 __all__ = ["Attr", "Tree"]
@@ -46,11 +54,17 @@ log = logging.getLogger(__name__)
 
 ROOT_INO = 1
 VIEW_SHIFT = 40
-STREAM_INO = 1 << 62
-XATTR_MAX = 65536
+RECORD_MASK = (1 << VIEW_SHIFT) - 1
+STREAM_INO = 1 << 62  # a named stream: (stream index + 1) << STREAM_SHIFT | its file's inode
+STREAM_SHIFT = 48
+STREAM_LIMIT = (1 << (62 - STREAM_SHIFT)) - 1  # streams of one file that get an inode
+XATTR_MAX = 65536  # the kernel's XATTR_SIZE_MAX, XATTR_NAME_MAX and XATTR_LIST_MAX
+XATTR_NAME_MAX = 255
+XATTR_LIST_MAX = 65536
 MAX_VIEWS = 256  # view keys fit 8 bits: a tree's inodes stay below 2**48
 LISTING_CACHE = 1 << 14  # directory entries kept with their attributes (about 300 bytes each)
 _META = ("ntfs_attrib_be", "ntfs_acl", "ntfs_times", "ntfs_reparse_data")
+_META_LIST = sum(len(f"user.{m}") + 1 for m in _META)  # the list room they take
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,8 +129,7 @@ class Tree:
         for name in ("fullvm", "digits", "letters"):
             self._link(root, self._add(self._next_ino(), name))
         self._fullvm_done = False
-        self._streams: dict[tuple[int, int, str], int] = {}
-        self._stream_keys: dict[int, tuple[int, int, str]] = {}
+        self._reported: LRU[tuple[int, int], bool] = LRU(LISTING_CACHE)
         self._listings: LRU[int, list[tuple[str, Attr]]] = LRU(LISTING_CACHE, lambda v: len(v) + 1)
 
     # -- synthetic nodes -----------------------------------------------------------------
@@ -241,7 +254,8 @@ class Tree:
 
     def getattr(self, ino: int) -> Attr:
         if ino & STREAM_INO:
-            return self._stream_attr(*self._stream_key(ino))
+            view, record, stream = self._stream_key(ino)
+            return self._stream_attr(view, record, stream)
         found = self._view(ino)
         if found is None:
             node = self._nodes.get(ino)
@@ -317,41 +331,64 @@ class Tree:
         return self.getattr((view.key << VIEW_SHIFT) | entry.record)
 
     def _stream_key(self, ino: int) -> tuple[_View, int, str]:
-        key = self._stream_keys.get(ino)
-        if key is None or self._views is None:
+        """The view, file record and stream name of a stream's inode."""
+        index = (ino & ~STREAM_INO) >> STREAM_SHIFT
+        found = self._view(ino & ((1 << STREAM_SHIFT) - 1))
+        if found is None or not index:
             raise NotFoundError(f"no inode {ino}")
-        vkey, record, stream = key
-        return self._views[vkey], record, stream
+        view, record = found
+        streams = view.volume.ntfs().streams(record)
+        if index > len(streams):
+            raise NotFoundError(f"no inode {ino}")
+        return view, record, streams[index - 1][0]
 
     def _stream_attr(self, view: _View, record: int, stream: str) -> Attr:
-        """A ``file:stream`` name: its own inode in the view's stream space."""
+        """A ``file:stream`` name: a regular file with an inode derived from its file's."""
         vol = view.volume.ntfs()
-        sizes = dict(vol.streams(record))
-        if stream not in sizes:
+        names = [name for name, _size in vol.streams(record)]
+        if stream not in names:
             raise NotFoundError(f"no stream {stream!r}")
+        index = names.index(stream) + 1
+        if index > STREAM_LIMIT:
+            raise NotFoundError(f"stream {stream!r} is past the {STREAM_LIMIT} a file can show")
+        size = dict(vol.streams(record))[stream]
         st = vol.stat(record)
-        sino = self._stream_ino(view, record, stream)
         return Attr(
-            sino,
+            STREAM_INO | index << STREAM_SHIFT | view.key << VIEW_SHIFT | record,
             stat.S_IFREG | self.file_mode,
-            1,
-            sizes[stream],
-            (sizes[stream] + 511) // 512,
+            1 if st.is_dir else st.links,  # a hard-linked file's streams are shared too
+            size,
+            (size + 511) // 512,
             st.accessed,
             st.modified,
             st.changed,
         )
 
-    def _stream_ino(self, view: _View, record: int, stream: str) -> int:
-        """Streams opened by name get inode numbers in a space of their own, on first use."""
-        key = (view.key, record, stream)
-        with self._lock:
-            ino = self._streams.get(key)
-            if ino is None:
-                ino = STREAM_INO | (len(self._streams) + 1)
-                self._streams[key] = ino
-                self._stream_keys[ino] = key
-        return ino
+    def _stream_forms(self, vol: NtfsVolume, record: int) -> tuple[list[str], list[str]]:
+        """The file's streams shown as xattrs, and those listed beside it as ``file:stream``.
+
+        A stream goes beside its file when the kernel could not pass it as an xattr: a value
+        over 64 KiB, a name over 255 bytes, a list over 64 KiB, any stream of a link (no
+        ``user.*`` there), or a name that one of the ntfs_* xattrs already takes.
+        """
+        st = vol.stat(record)
+        if not st.has_streams:
+            return [], []
+        link = st.reparse is not None and st.reparse.is_link
+        room = XATTR_LIST_MAX - _META_LIST
+        as_xattr: list[str] = []
+        beside: list[str] = []
+        for stream, size in vol.streams(record):
+            if stream == wof.STREAM and vol.is_wof(record):
+                continue  # the file's own content, decoded
+            name = len(f"user.{stream}".encode("utf-8", "surrogatepass"))
+            fits = size <= XATTR_MAX and name <= XATTR_NAME_MAX and name + 1 <= room
+            if link or stream in _META or not fits:
+                beside.append(stream)
+            else:
+                as_xattr.append(stream)
+                room -= name + 1
+        return as_xattr, beside
 
     def readdir(self, ino: int) -> list[tuple[str, Attr]]:
         """Entries in a fixed, sorted order (offsets index into it)."""
@@ -381,11 +418,14 @@ class Tree:
         view, record = found
         vol = view.volume.ntfs()
         listing = []
+        streams: list[tuple[int, str, int]] = []  # (after entry i, its name, its record)
         base = view.key << VIEW_SHIFT
         for entry in vol.iterdir(record):
             child = base | entry.record
             try:
                 listing.append((entry.name, self._ntfs_attr(view, vol, entry.record, child)))
+                if vol.stat(entry.record).has_streams:
+                    streams.append((len(listing), entry.name, entry.record))
             except VcbfsError as exc:
                 # Listed all the same, so that a backup meets the file and reports its EIO
                 # rather than silently going without it.
@@ -397,7 +437,42 @@ class Tree:
                     exc.describe(),
                 )
                 listing.append((entry.name, self._indexed_attr(entry, child)))
+        if streams:
+            listing = self._with_streams(view, vol, listing, streams)
         return listing
+
+    def _with_streams(
+        self,
+        view: _View,
+        vol: NtfsVolume,
+        listing: list[tuple[str, Attr]],
+        streams: list[tuple[int, str, int]],
+    ) -> list[tuple[str, Attr]]:
+        """The listing with each file's large streams right after it, as ``file:stream``."""
+        taken = {name.upper() for name, _attr in listing}
+        out: list[tuple[str, Attr]] = []
+        done = 0
+        for after, name, record in streams:
+            out += listing[done:after]
+            done = after
+            try:
+                beside = self._stream_forms(vol, record)[1]
+                for stream in beside:
+                    shown = f"{name}:{stream}"
+                    if shown.upper() in taken:
+                        log.error(
+                            "%s: stream %r of %r is not listed: the directory has an entry "
+                            "of that name",
+                            view.path,
+                            stream,
+                            name,
+                        )
+                        continue
+                    out.append((shown, self._stream_attr(view, record, stream)))
+            except VcbfsError as exc:
+                log.error("%s: the streams of %r are unreadable: %s", view.path, name, exc)
+        out += listing[done:]
+        return out
 
     def _indexed_attr(self, entry: DirEntry, ino: int) -> Attr:
         """What the directory's index says of an entry whose own record cannot be read."""
@@ -421,7 +496,7 @@ class Tree:
     def open(self, ino: int) -> ByteSource:
         if ino & STREAM_INO:
             view, record, stream = self._stream_key(ino)
-            return view.volume.ntfs().open(record, stream)
+            return self._open_file(view, record, stream)
         found = self._view(ino)
         if found is None:
             node = self._nodes.get(ino)
@@ -433,7 +508,33 @@ class Tree:
 
             return ResidentStream(node.data or b"", node.name)
         view, record = found
-        return view.volume.ntfs().open(record)
+        return self._open_file(view, record, "")
+
+    def _open_file(self, view: _View, record: int, stream: str) -> ByteSource:
+        """A file (or stream) of a volume; the first failure of each file is logged with its
+        path, so the log names what a backup could not take."""
+        vol = view.volume.ntfs()
+        try:
+            return vol.open(record, stream)
+        except VcbfsError as exc:
+            self.report(view, vol, record, stream, exc)
+            raise
+
+    def report(
+        self, view: _View, vol: NtfsVolume, record: int, stream: str, exc: VcbfsError
+    ) -> None:
+        """Log, once per file, that it cannot be read and why; the error then marks itself
+        reported, so the FUSE adapter does not log it again."""
+        exc.reported = True
+        key = (view.key, record)
+        if self._reported.get(key):
+            return
+        self._reported.put(key, True)
+        try:
+            path = posixpath.join(view.path, self._path_in_volume(vol, record))
+        except VcbfsError:
+            path = f"{view.path}: MFT record {record}"
+        log.error("%s%s: cannot be read: %s", path, f":{stream}" if stream else "", exc)
 
     def try_open(self, ino: int) -> ByteSource | None:
         """``open`` when it needs no disk read (a parsed record, a small synthetic file).
@@ -485,8 +586,10 @@ class Tree:
                 break
         return "/".join(reversed(parts))
 
-    def listxattr(self, ino: int) -> list[str]:
-        return sorted(self._xattrs(ino, values=False))
+    def listxattr(self, ino: int, *, privileged: bool = True) -> list[str]:
+        """The xattrs ``getxattr`` gives; a link's (``trusted.*``) only to a ``privileged``
+        caller, the only one the kernel lets read them."""
+        return sorted(self._xattrs(ino, values=False, privileged=privileged))
 
     def getxattr(self, ino: int, name: str) -> bytes:
         values = self._xattrs(ino, values=True, only=name)
@@ -494,36 +597,47 @@ class Tree:
             raise NotFoundError(f"no xattr {name!r}")
         return values[name]
 
-    def _xattrs(self, ino: int, *, values: bool, only: str | None = None) -> dict[str, bytes]:
+    def _xattrs(
+        self, ino: int, *, values: bool, only: str | None = None, privileged: bool = True
+    ) -> dict[str, bytes]:
         found = self._view(ino) if not ino & STREAM_INO else None
         if found is None:
             return {}
         view, record = found
         vol = view.volume.ntfs()
+        st = vol.stat(record)
+        link = st.reparse is not None and st.reparse.is_link
+        if link and not privileged:
+            return {}
+        ns = "trusted." if link else "user."
         out: dict[str, bytes] = {}
 
         def want(name: str) -> bool:
             return only is None or only == name
 
-        for stream, size in vol.streams(record):
+        for stream in self._stream_forms(vol, record)[0]:
             name = f"user.{stream}"
-            if size <= XATTR_MAX and stream not in _META and want(name):
-                out[name] = vol.open(record, stream).read_at(0, size) if values else b""
-        st = vol.stat(record)
-        if want("user.ntfs_attrib_be"):
-            out["user.ntfs_attrib_be"] = struct.pack(">I", st.attributes)
-        if want("user.ntfs_times"):
-            out["user.ntfs_times"] = struct.pack(
-                "<4Q",
-                *(
-                    t // 100 + FILETIME_EPOCH
-                    for t in (st.created, st.modified, st.accessed, st.changed)
-                ),
-            )
-        if want("user.ntfs_acl"):  # listed only where getxattr has a value to give
+            if want(name):
+                stream_data = self._open_file(view, record, stream) if values else None
+                out[name] = stream_data.read_at(0, XATTR_MAX) if stream_data else b""
+        if want(f"{ns}ntfs_attrib_be"):
+            out[f"{ns}ntfs_attrib_be"] = struct.pack(">I", st.attributes)
+        if want(f"{ns}ntfs_times"):
+            out[f"{ns}ntfs_times"] = _ntfs_times(st)
+        if want(f"{ns}ntfs_acl"):  # listed only where getxattr has a value to give
             sd = vol.security_descriptor(record)
             if sd is not None:
-                out["user.ntfs_acl"] = sd if values else b""
-        if st.reparse is not None and want("user.ntfs_reparse_data"):
-            out["user.ntfs_reparse_data"] = (vol.reparse_data(record) or b"") if values else b""
+                out[f"{ns}ntfs_acl"] = sd if values else b""
+        name = f"{ns}ntfs_reparse_data"
+        if st.reparse is not None and not vol.is_wof(record) and want(name):
+            out[name] = (vol.reparse_data(record) or b"") if values else b""
         return out
+
+
+def _ntfs_times(st: NtfsStat) -> bytes:
+    """Creation, write, access and change time as four little-endian FILETIMEs (ntfs-3g's
+    ``ntfs_times``)."""
+    return struct.pack(
+        "<4Q",
+        *(t // 100 + FILETIME_EPOCH for t in (st.created, st.modified, st.accessed, st.changed)),
+    )

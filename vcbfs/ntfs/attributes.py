@@ -190,11 +190,12 @@ def _total_allocated(
     return total if total <= alloc else None
 
 
-def scan_for_stat(buf: bytes, first: int, used: int) -> tuple[bytes, int, int, int] | None:
+def scan_for_stat(buf: bytes, first: int, used: int) -> tuple[bytes, int, int, int, bool] | None:
     """What a listing needs from a base record, read without building ``Attribute`` objects.
 
     Returns ($STANDARD_INFORMATION value, the count of $FILE_NAMEs that are not DOS-only, the
-    unnamed data's size and ``Attribute.on_disk``), as ``parse_attributes`` would give them.  None
+    unnamed data's size and ``Attribute.on_disk``, whether there is a named $DATA), as
+    ``parse_attributes`` would give them.  None
     means "use ``parse_attributes``": an attribute list or a reparse point (which need more
     than this), a non-resident $STANDARD_INFORMATION, or anything malformed, so that the full
     parser names the fault.  Every directory listing stats each entry, so this is the hot path
@@ -206,6 +207,7 @@ def scan_for_stat(buf: bytes, first: int, used: int) -> tuple[bytes, int, int, i
     links = 0
     data_vcn = -1
     size = allocated = 0
+    named = False
     for _ in range(MAX_ATTRIBUTES):
         if pos + 16 > limit:
             if pos + 4 <= limit and _TYPE.unpack_from(buf, pos)[0] == END:
@@ -220,6 +222,8 @@ def scan_for_stat(buf: bytes, first: int, used: int) -> tuple[bytes, int, int, i
             return None
         if atype == AT.ATTRIBUTE_LIST or atype == AT.REPARSE_POINT:
             return None
+        if atype == AT.DATA and name_len:
+            named = True
         if nonres == 0:
             vlen, voff = _RESIDENT.unpack_from(buf, pos + 16)
             if voff + vlen > length:
@@ -255,7 +259,7 @@ def scan_for_stat(buf: bytes, first: int, used: int) -> tuple[bytes, int, int, i
         return None  # more attributes than a record holds: the full parser says so
     if si is None:
         return None
-    return si, links, size, allocated
+    return si, links, size, allocated, named
 
 
 def _utf16(raw: bytes | bytearray) -> str:

@@ -139,8 +139,8 @@ class Mft:
         attrs = parse_attributes(buf, first, used, number, self.name, offset)
         return FileRecord(number, seq, flags, links, base & MFT_REF_MASK, base, attrs)
 
-    def stat_fields(self, number: int) -> tuple[int, bool, bytes, int, int, int] | None:
-        """For a base record in use: (sequence, is a directory, ``scan_for_stat``'s four
+    def stat_fields(self, number: int) -> tuple[int, bool, bytes, int, int, int, bool] | None:
+        """For a base record in use: (sequence, is a directory, ``scan_for_stat``'s five
         fields), read lean.
 
         None when the record needs the full parse (see ``scan_for_stat``), or is free or an

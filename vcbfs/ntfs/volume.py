@@ -72,6 +72,7 @@ class NtfsStat(NamedTuple):
     security_id: int | None
     reparse: Reparse | None
     encrypted: bool
+    has_streams: bool  # any named $DATA (alternate data streams)
 
 
 @dataclass(slots=True)
@@ -203,11 +204,11 @@ class NtfsVolume:
         fields = self.mft.stat_fields(number)
         if fields is None:
             return None
-        seq, is_dir, si_value, links, size, allocated = fields
+        seq, is_dir, si_value, links, size, allocated, named = fields
         si = parse_standard_information(si_value, self.name)
         if si.attributes & FILE_ATTRIBUTE_REPARSE_POINT:
             return None  # the full path reads the reparse data
-        return _make_stat(number, seq, is_dir, size, allocated, links, si, None)
+        return _make_stat(number, seq, is_dir, size, allocated, links, si, None, named)
 
     def _stat(self, number: int, node: _Node) -> NtfsStat:
         # One pass over the attributes: stat runs for every entry a listing shows.
@@ -215,7 +216,7 @@ class NtfsVolume:
         first: Attribute | None = None
         packed: Attribute | None = None  # WofCompressedData: what a WOF file really holds
         links = 0
-        has_reparse = False
+        has_reparse = named = False
         for a in node.attrs:
             t = a.type
             if t == AT.FILE_NAME:
@@ -224,6 +225,7 @@ class NtfsVolume:
                 if a.resident and len(v) > FN_NAMESPACE and v[FN_NAMESPACE] != NS_DOS:
                     links += 1
             elif t == AT.DATA:
+                named = named or bool(a.name)
                 if not a.name and (first is None or a.start_vcn < first.start_vcn):
                     first = a
                 elif a.name == wof.STREAM and (packed is None or a.start_vcn < packed.start_vcn):
@@ -250,7 +252,9 @@ class NtfsVolume:
                 if reparse.tag == TAG_WOF and packed is not None:
                     allocated = packed.on_disk
         rec = node.record
-        return _make_stat(number, rec.sequence, rec.is_dir, size, allocated, links, si, reparse)
+        return _make_stat(
+            number, rec.sequence, rec.is_dir, size, allocated, links, si, reparse, named
+        )
 
     def names(self, number: int) -> list[FileName]:
         """The $FILE_NAME attributes of a record (every hard link, every namespace)."""
@@ -442,6 +446,7 @@ def _make_stat(
     links: int,
     si: StandardInformation,
     reparse: Reparse | None,
+    has_streams: bool,
 ) -> NtfsStat:
     """One NtfsStat, from the lean reading of a record or from its full parse."""
     return NtfsStat(
@@ -459,4 +464,5 @@ def _make_stat(
         si.security_id,
         reparse,
         bool(si.attributes & FILE_ATTRIBUTE_ENCRYPTED),
+        has_streams,
     )
