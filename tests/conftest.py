@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.images import build_vmdk_images, cache_dir
+from tests.ntfs.fidelityimages import FidelityImage, build_fidelity_image, fidelity_cache_dir
 from tests.ntfs.ntfsimages import NtfsImage, build_ntfs_image, ntfs_cache_dir
 
 
@@ -46,3 +47,9 @@ def cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, str]:
 def ntfs_image() -> NtfsImage:
     """The reference NTFS volume (read-only!) with its ntfs-3g manifest; see tests/ntfs."""
     return build_ntfs_image(ntfs_cache_dir())
+
+
+@pytest.fixture(scope="session")
+def fidelity_image() -> FidelityImage:
+    """The fidelity NTFS volume (read-only!): WOF, stubs, EFS, streams; see tests/ntfs."""
+    return build_fidelity_image(fidelity_cache_dir())

@@ -6,41 +6,56 @@ and ``manifest.json`` beside it: what a faithful reader must return for every pa
 
 - ``wof/<ALGORITHM>/``: WOF ("compact OS") files of provider 2 (FILE) for XPRESS4K, XPRESS8K,
   XPRESS16K and LZX: sizes 0, 1, 4095, 4096, 4097, 32769 and 5 MiB (mixed data: some chunks
-  stored raw), a wholly random file (every chunk raw) and x86-like code full of 0xE8 calls
-  (LZX's call translation).  ``wof/plain/`` holds the same contents as plain files.
-- ``wof/big/big.bin``: LZX, 4 GiB + 12345 bytes, mostly zeros: 8-byte chunk-table entries.
-- ``wof/corrupt/``: a damaged chunk (LZX and XPRESS4K), a chunk table pointing past the stream
-  and one going backwards, beside a sound neighbour (``good.bin``).
-- ``wof/wim/``: a WIM-backed WOF file (provider 1): its data is in a .wim we do not have.
-- ``stubs/``: Data Deduplication, cloud (dehydrated and hydrated), HSM, HSM2 and unknown-tag
-  reparse points, and an unknown tag over real data; named streams on one stub.
-- ``efs/``: encrypted files ($DATA flagged encrypted, FILE_ATTRIBUTE_ENCRYPTED, an $EFS stream).
-- ``bench/``: one 20 MiB mixed file four ways: plain, LZNT1, WOF LZX, WOF XPRESS4K.
-- ``streams/``, ``links/``, ``hardlinks/``, ``compressed/``, ``sparse/``, ``names/``,
-  ``plain/``: named streams (100 KiB, 65536, 65537 bytes, a 200-character non-ASCII name,
-  50 streams, a directory's stream), a relative symlink and a junction (raw reparse data), a
-  file with 3 names in 2 directories, an LZNT1 folder, a sparse file with data at both ends,
-  odd names (spaces, leading '-', accents, emoji, a newline) and plain files of assorted sizes.
+  stored raw), a wholly random file (stored whole by wimlib: every chunk raw), 64 KiB of zeros
+  (for LZX a 160-byte, resident WofCompressedData) and x86-like code full of E8 calls.
+  ``wof/LZX/`` also holds two files libfwnt decodes wrongly (``E8_TAIL``, ``LENGTHS_TRAP``).
+  ``wof/plain/`` holds every one of these contents as a plain file.
+- ``wof/big/big.bin``: LZX, 4 GiB + 12345 bytes, mostly zeros, data around 0, 2 GiB and
+  4 GiB: a chunk table of 8-byte entries.
+- ``wof/corrupt/``: a damaged chunk (LZX, XPRESS4K), a chunk table pointing past the stream,
+  one going backwards, and a sound neighbour (``good.bin``).
+- ``wof/wim/backed.bin``: WIM-backed WOF (provider 1): its data is in a .wim we do not have.
+- ``stubs/``: Data Deduplication, cloud (dehydrated: OFFLINE + RECALL_ON_DATA_ACCESS; a CLOUD_1
+  one: OFFLINE only), HSM, HSM2 and unknown-tag reparse points over sparse data (and one of size
+  0), with two named streams on the dehydrated cloud file; a hydrated cloud file and an
+  unknown tag over real data (readable).
+- ``efs/``: EFS-encrypted files ($DATA flagged 0x4000, FILE_ATTRIBUTE_ENCRYPTED, an $EFS
+  stream), ciphertext random.
+- ``bench/``: one 20 MiB mixed file four ways: plain (ntfscp), LZNT1, WOF LZX, WOF XPRESS4K.
+- ``streams/`` (100 KiB, 65536 and 65537-byte streams, a 200-character name of 330 UTF-8
+  bytes, 50 streams, a directory's 100 KiB stream), ``links/`` (a relative symlink and a
+  junction, raw reparse data), ``hardlinks/`` (3 names in 2 directories), ``compressed/``
+  (LZNT1), ``sparse/`` (data at both ends), ``names/`` (spaces, leading '-', accents, emoji,
+  a newline) and ``plain/`` (sizes 0 to 1 MiB + 1).
 
-The manifest (``format`` 1) has ``volume``, ``sources`` (a WOF file -> the plain file with the
-same content; for a corrupt file: the content it was made from) and ``entries``: relative POSIX
-path -> a dict with ``kind`` (wof, wof-wim, stub, plain, compressed, stream-host, symlink,
-junction, hardlink, efs, dir), ``size`` (the logical size a reader must report; 0 for
-directories and for symlinks/junctions, whose unnamed data is empty), ``expect`` ("data" or
-"eio"), ``sha256`` (of the content a faithful reader returns, when ``expect`` is "data"),
-``ino`` (the MFT record number) and ``attributes`` (the NTFS file attributes as stored, read
-back through ntfs-3g), and where relevant: ``algorithm``, ``tag``, ``reparse_hex`` (the whole
-reparse buffer), ``reason`` (why "eio"), ``streams`` ({name: {size, sha256}}),
-``wof_stream_size``, ``wof_stream_sha256``, ``chunk_entry_bytes``, ``chunk_size``, ``chunks``,
-``raw_chunks`` (chunks stored uncompressed), ``wim_blob`` ("compressed" or "stored": how wimlib
-kept it), ``bad_chunk`` (the first chunk a reader cannot decode), ``names`` (hard links),
-``target``/``print_name``/``ntfs3g_target`` (links), ``sparse``.  ``facts`` records what was
-measured during the build (what ntfs-3g let us set).
+The manifest (``format`` 1) has ``volume``, ``facts`` (measured during the build), ``sources``
+(a WOF file -> the plain file with the same content; for a corrupt one: what it was made from)
+and ``entries``: relative POSIX path -> a dict with
 
-The image is built once and cached in ``<cache>/fidelity-<hash of this file>``; concurrent
-builders wait on a lock, build in a sibling folder and rename it.  Treat it as read-only.
+- always: ``kind`` (one of ``KINDS``), ``size`` (the logical size a reader must report; 0 for
+  directories, and for symlinks and junctions: their unnamed data is empty), ``expect`` ("data"
+  or "eio"), ``ino`` (MFT record number) and ``attributes`` (the NTFS file attributes as ntfs-3g
+  reports them: $STANDARD_INFORMATION's, plus FILE_ATTRIBUTE_DIRECTORY for directories);
+- ``sha256`` of the content a faithful reader returns, for every file with ``expect`` "data";
+- reparse points: ``tag``, ``reparse_hex`` (the whole reparse buffer); stubs and other "eio"
+  files: ``reason``; ``streams``: {name: {size, sha256}} where the file has named streams;
+- WOF: ``algorithm``, ``chunk_size``, ``chunks``, ``chunk_entry_bytes``, ``wof_stream_size``,
+  ``wof_stream_sha256``, ``wof_stream_resident``, ``data_resident`` (the unnamed $DATA),
+  ``raw_chunks`` (chunks stored uncompressed), ``wim_blob`` (how wimlib kept the file:
+  compressed, stored whole, none when empty; or assembled, damaged), ``libfwnt_bad_chunks``
+  ([chunk, "raises" | "wrong"]: where pyfwnt disagrees with wimlib), ``data_chunks`` (big.bin:
+  [offset, length] of its non-zero chunks); corrupt ones ``bad_chunk`` (the first chunk no
+  reader can decode; those before it are sound) and ``source_sha256``;
+- ``provider`` (wof-wim); efs: ``raw_size`` (stored) and ``ciphertext_sha256`` (of the first
+  ``size`` stored bytes: what a reader ignoring the encryption returns); ``names``/``nlink``
+  (hard links), ``target``/``print_name``/``ntfs3g_target`` (links),
+  ``sparse`` (sparse/both-ends.bin).
 
-Facts relied on (wimlib 1.13.5, ntfs-3g 2022.10.3, libfwnt 20260602; measured):
+The image is built once (about 15 s) and cached in ``<cache>/fidelity-<hash of this file>``;
+concurrent builders wait on a lock, build in a sibling folder and rename it.  Read-only!
+
+Facts relied on (wimlib 1.13.5, ntfs-3g 2022.10.3, libfwnt 20260602, libfsntfs 20260827;
+measured here):
 
 - ``wimcapture --compress=XPRESS|LZX --chunk-size=N`` keeps each file as a non-solid blob in
   the WofCompressedData layout: (chunks - 1) little-endian offsets (4 bytes; 8 when the size
@@ -48,27 +63,41 @@ Facts relied on (wimlib 1.13.5, ntfs-3g 2022.10.3, libfwnt 20260602; measured):
   size equals its uncompressed size is raw.  ``wiminfo --blobs`` gives each blob's SHA-1,
   offset, stored and uncompressed size and flags; a blob without WIM_RESHDR_FLAG_COMPRESSED
   (every chunk incompressible, or a 1-byte file) is stored whole, without a table.  Empty
-  files have no blob.  Each chunk is decoded here with pyfwnt before anything is written.
-- pyfwnt's decoders are lenient: a truncated LZX chunk decodes to a full chunk of wrong bytes.
-  Damage that raises: LZX with an invalid block type (first bytes 0xFF), XPRESS with an
-  over-subscribed Huffman table (256 bytes of 0xFF).
+  files have no blob.  Every chunk is decoded here with wimlib's decompressor (libwim, through
+  ctypes) and with pyfwnt before anything is written; ``wimverify`` checks each .wim.
+- libfwnt (pyfwnt) disagrees with wimlib on valid LZX: it translates E8 calls 10 to 7 bytes
+  before a chunk's end (LZX leaves the last 10 bytes alone) and it rejects a block whose
+  length code is empty (a chunk of text then random data).  Contents meant for every reader
+  avoid both (``_clean_e8``; ``_mixed`` works in whole 32 KiB chunks); the traps keep them.
+  Damage that both decoders reject: LZX with an invalid block type (0xFF first bytes), XPRESS
+  with an over-subscribed Huffman table (256 bytes of 0xFF).  pyfwnt decodes a truncated LZX
+  chunk to a full chunk of wrong bytes.
+- libfsntfs (pyfsntfs) reads the chunk table with 8-byte entries only when the *stream*
+  exceeds 4 GiB (so it cannot read big.bin), reads (chunks) entries instead of (chunks - 1)
+  (so it fails on a 1-byte WOF file), and returns zeros for the sparse data of stubs and of
+  WIM-backed WOF files.
 - ntfs-3g: ``truncate`` of an empty file sets FILE_ATTRIBUTE_SPARSE_FILE and allocates nothing
-  (small sizes stay resident, not sparse); ``system.ntfs_attrib_be`` keeps OFFLINE (0x1000)
+  (sizes 0 and 1 stay resident, not sparse); ``system.ntfs_attrib_be`` keeps OFFLINE (0x1000)
   but drops SPARSE, ENCRYPTED and RECALL_ON_DATA_ACCESS (0x400000), so that bit is patched into
-  $STANDARD_INFORMATION after unmounting (the $FILE_NAME copies keep the old flags).
+  $STANDARD_INFORMATION after unmounting (the $FILE_NAME copies keep the old flags).  Its mount
+  shows WOF files and stubs as symlinks to "unsupported reparse tag 0x..." and refuses to open
+  any of their streams (ELIBACC): ``ntfscat -i INO -a 0x80 -n NAME`` reads them.
 - ntfs-3g's ``efs_raw`` mount option plus ``setxattr system.ntfs_efsinfo`` (an $EFS value whose
   first ULONG is its length) makes a real encrypted file: the raw data written first must be
   512 * k + 2 bytes, the last two the padding length; $DATA gets flag 0x4000 and the data size
   512 * k - padding, $STANDARD_INFORMATION gets FILE_ATTRIBUTE_ENCRYPTED.
-- ``streams_interface=windows`` takes stream names of 200 characters (400 bytes of UTF-8) and
-  streams on directories (``dir:name``); file names with a newline are accepted.
+- ``streams_interface=windows`` takes stream names of 200 non-ASCII characters (400 bytes of
+  UTF-8) and streams on directories (``dir:name``); file names with a newline are accepted.
 - After ``setxattr system.ntfs_reparse_data`` stat fails until the volume is mounted again.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import dataclasses
 import fcntl
+import functools
 import hashlib
 import json
 import logging
@@ -78,10 +107,11 @@ import re
 import shutil
 import stat
 import struct
+import subprocess
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pyfwnt
 
@@ -96,13 +126,26 @@ from tests.ntfs.ntfsimages import (
 
 __all__ = [
     "ALGORITHMS",
+    "BAD_CHUNK",
+    "E8_TAIL",
     "KINDS",
+    "LENGTHS_TRAP",
+    "WOF_STREAM",
     "FidelityImage",
     "WofAlgorithm",
     "build_fidelity_image",
+    "data_residency",
     "decode_wof_stream",
     "fidelity_cache_dir",
+    "libfwnt_decompress",
+    "libfwnt_disagreements",
+    "ntfscat",
     "reparse_buffer",
+    "split_wof_stream",
+    "wim_reparse",
+    "wimlib_decompress",
+    "wof_chunk",
+    "wof_reparse",
 ]
 
 log = logging.getLogger(__name__)
@@ -169,11 +212,6 @@ class WofAlgorithm:
     wimlib: str  # wimcapture --compress=
     chunk_size: int
 
-    def decompress(self, data: bytes, size: int) -> bytes:
-        if self.wimlib == "LZX":
-            return pyfwnt.lzx_decompress(data, size)
-        return pyfwnt.lzxpress_huffman_decompress(data, size)
-
 
 ALGORITHMS: dict[str, WofAlgorithm] = {
     a.name: a
@@ -193,6 +231,7 @@ BENCH_SIZE = 20 * MIB
 BIG_SIZE = 4 * GIB + 12345
 CORRUPT_SIZE = 200 * KIB + 77
 WIM_BACKED_SIZE = MIB + 5
+BAD_CHUNK = 2  # the chunk damaged in each wof/corrupt/ file
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,6 +240,15 @@ class FidelityImage:
 
     path: Path
     manifest: dict[str, Any] = dataclasses.field(compare=False, repr=False)
+
+    big_wof: ClassVar[str] = "wof/big/big.bin"  # 4 GiB + 12345 bytes, LZX, 8-byte table
+    #: The 20 MiB benchmark file four ways (same content).
+    bench: ClassVar[dict[str, str]] = {
+        "plain": "bench/plain.bin",
+        "lznt1": "bench/lznt1/file.bin",
+        "wof-lzx": "bench/wof-lzx.bin",
+        "wof-xpress4k": "bench/wof-xpress4k.bin",
+    }
 
     @property
     def root(self) -> Path:
@@ -214,48 +262,25 @@ class FidelityImage:
 
     @property
     def sources(self) -> dict[str, str]:
-        """WOF file -> plain file with the same content."""
+        """WOF file -> plain file with the same content (for a corrupt one: its source)."""
         return self.manifest["sources"]
-
-    @property
-    def cluster_size(self) -> int:
-        return self.manifest["volume"]["cluster_size"]
 
     def entry(self, path: str) -> dict[str, Any]:
         return self.entries[path]
 
-    def paths(
-        self, kind: str | None = None, expect: str | None = None, algorithm: str | None = None
-    ) -> list[str]:
-        """Sorted paths whose entries match all the given fields."""
-        want = {"kind": kind, "expect": expect, "algorithm": algorithm}
+    def paths(self, **fields: Any) -> list[str]:
+        """Sorted paths whose entries have all these values, e.g. ``paths(kind="wof")``."""
         return sorted(
-            p
-            for p, e in self.entries.items()
-            if all(v is None or e.get(k) == v for k, v in want.items())
+            p for p, e in self.entries.items() if all(e.get(k) == v for k, v in fields.items())
         )
 
     def readable_files(self) -> list[str]:
-        """Files (not directories or links) a faithful reader returns data for."""
-        return [
-            p
-            for p, e in sorted(self.entries.items())
-            if e["expect"] == "data" and "sha256" in e and e["kind"] not in ("dir",)
-        ]
+        """Paths of every file whose content a faithful reader returns (``sha256`` known)."""
+        return sorted(p for p, e in self.entries.items() if e["expect"] == "data" and "sha256" in e)
 
-    @property
-    def big_wof(self) -> str:
-        return "wof/big/big.bin"
-
-    @property
-    def bench(self) -> dict[str, str]:
-        """The 20 MiB benchmark file's four copies: plain, lznt1, wof-lzx, wof-xpress4k."""
-        return {
-            "plain": "bench/plain.bin",
-            "lznt1": "bench/lznt1/file.bin",
-            "wof-lzx": "bench/wof-lzx.bin",
-            "wof-xpress4k": "bench/wof-xpress4k.bin",
-        }
+    def libfwnt_traps(self) -> list[str]:
+        """WOF files with chunks libfwnt (pyfwnt, pyfsntfs) decodes wrongly."""
+        return sorted(p for p, e in self.entries.items() if e.get("libfwnt_bad_chunks"))
 
 
 # --- content generators (deterministic) --------------------------------------------------------
@@ -271,6 +296,8 @@ _MESSAGES = (
     "queue drained, sleeping",
     "could not open file: access denied",
 )
+_OPCODES = b"\x55\x89\xe5\x8b\x45\x08\x83\xc4\x10\x5d\xc3\x90\x31\xc0\xe8"
+LZX_CHUNK = 32768
 
 
 def _log_text(rng: random.Random, size: int) -> bytes:
@@ -291,28 +318,37 @@ def _log_text(rng: random.Random, size: int) -> bytes:
 def _code(rng: random.Random, size: int, at: int = 0) -> bytes:
     """x86-like code: basic blocks with many E8 calls (rel32 to a few targets) and 0xE8 bytes."""
     targets = [rng.randrange(1 << 22) for _ in range(48)]
-    blocks = [
-        bytes(
-            rng.choice(b"\x55\x89\xe5\x8b\x45\x08\x83\xc4\x10\x5d\xc3\x90\x31\xc0\xe8")
-            for _ in range(rng.randrange(6, 40))
-        )
-        for _ in range(96)
-    ]
+    blocks = [bytes(rng.choice(_OPCODES) for _ in range(rng.randrange(6, 40))) for _ in range(96)]
     out = bytearray()
     while len(out) < size:
         out += rng.choice(blocks)
-        pos = at + len(out)
-        rel = (rng.choice(targets) - (pos + 5)) & 0xFFFFFFFF
+        rel = (rng.choice(targets) - (at + len(out) + 5)) & 0xFFFFFFFF
         out += b"\xe8" + rel.to_bytes(4, "little")
     return bytes(out[:size])
 
 
+def _clean_e8(data: bytes) -> bytes:
+    """``data`` with no 0xE8 among the last 10 bytes of any 32 KiB chunk (nor of the data).
+
+    libfwnt translates E8 calls at chunk offsets size-10 .. size-7, which LZX (wimlib, and
+    Windows) leaves alone: see ``E8_TAIL``.  Contents meant for every reader avoid them.
+    """
+    out = bytearray(data)
+    ends = [*range(LZX_CHUNK, len(out) + 1, LZX_CHUNK), len(out)]
+    for end in ends:
+        for i in range(max(0, end - 10), end):
+            if out[i] == 0xE8:
+                out[i] = 0xE9
+    return bytes(out)
+
+
 def _mixed(rng: random.Random, size: int) -> bytes:
-    """Logs, code, UTF-16 strings, random (incompressible) and zero runs, 8-160 KiB each."""
+    """Logs, code, UTF-16 text, random (incompressible) and zero runs of 1-5 whole 32 KiB
+    chunks each (a chunk of text then random data trips libfwnt: see ``LENGTHS_TRAP``)."""
     parts, n = [], 0
     while n < size:
         kind = rng.choices(("log", "code", "utf16", "random", "zeros"), (40, 28, 10, 14, 8))[0]
-        length = rng.randrange(8 * KIB, 160 * KIB)
+        length = rng.randrange(1, 6) * LZX_CHUNK
         if kind == "log":
             part = _log_text(rng, length)
         elif kind == "code":
@@ -325,7 +361,32 @@ def _mixed(rng: random.Random, size: int) -> bytes:
             part = bytes(length)
         parts.append(part)
         n += len(part)
-    return b"".join(parts)[:size]
+    return _clean_e8(b"".join(parts)[:size])
+
+
+#: LZX files that libfwnt (pyfwnt, pyfsntfs) decodes wrongly, with the chunks it gets wrong.
+E8_TAIL = "e8-chunk-tail.bin"  # E8 calls 7 to 10 bytes before chunk ends: libfwnt translates
+LENGTHS_TRAP = "text-then-random.bin"  # chunks of text then random: an empty lengths code
+
+
+#: Distance from each chunk's end of the E8 byte in ``E8_TAIL`` (5 chunks and a partial one):
+#: 10, 9, 8 and 7 are inside the last 10 bytes (not translated; libfwnt does), 11 is outside.
+E8_TAIL_DISTANCES = (10, 9, 8, 7, 11, 9)
+
+
+def _e8_tail() -> bytes:
+    """Five chunks and a partial one of text, an E8 call near each chunk's end (see E8_TAIL)."""
+    data = bytearray(_log_text(random.Random(9), 5 * LZX_CHUNK + 20000))
+    ends = [*range(LZX_CHUNK, 5 * LZX_CHUNK + 1, LZX_CHUNK), len(data)]
+    for end, distance in zip(ends, E8_TAIL_DISTANCES, strict=True):
+        at = end - distance
+        data[at : at + 5] = (b"\xe8" + (4096).to_bytes(4, "little"))[: end - at]
+    return bytes(data)
+
+
+def _lengths_trap() -> bytes:
+    rng = random.Random(10)
+    return b"".join(_log_text(rng, 12 * KIB) + rng.randbytes(20 * KIB) for _ in range(3))
 
 
 def _wof_contents() -> dict[str, bytes]:
@@ -335,35 +396,87 @@ def _wof_contents() -> dict[str, bytes]:
         rng = random.Random(size)
         out[f"size-{size}.bin"] = _mixed(rng, size) if size > MIB else _log_text(rng, size)
     out[f"random-{WOF_RANDOM_SIZE}.bin"] = random.Random(7).randbytes(WOF_RANDOM_SIZE)
-    out[f"code-e8-{WOF_CODE_SIZE}.bin"] = _code(random.Random(8), WOF_CODE_SIZE)
+    out[f"code-e8-{WOF_CODE_SIZE}.bin"] = _clean_e8(_code(random.Random(8), WOF_CODE_SIZE))
+    out["zeros-65536.bin"] = bytes(65536)  # LZX: a WofCompressedData stream of a few bytes
     return out
 
 
 def _big_chunks() -> dict[int, bytes]:
     """The big file's non-zero 32 KiB chunks (index -> content); every other chunk is zeros."""
-    cs = ALGORITHMS["LZX"].chunk_size
     rng = random.Random(4)
-    last = (BIG_SIZE - 1) // cs
-    mid = 2 * GIB // cs
+    last = (BIG_SIZE - 1) // LZX_CHUNK
+    mid = 2 * GIB // LZX_CHUNK
 
-    def chunk(data: bytes, at: int = 0, size: int = cs) -> bytes:
-        return (bytes(at) + data + bytes(size))[:size]
+    def chunk(data: bytes, at: int = 0) -> bytes:
+        return (bytes(at) + data + bytes(LZX_CHUNK))[:LZX_CHUNK]
 
     text = _log_text(rng, 12 * KIB)
     return {
         0: chunk(text[:6000]),
-        mid: chunk(text[6000:9000], cs - 1000),  # 3000 bytes across the 2 GiB boundary
+        mid: chunk(text[6000:9000], LZX_CHUNK - 1000),  # 3000 bytes across chunks, 2 GiB+
         mid + 1: chunk(text[7000:9000]),
-        last - 1: chunk(_code(rng, 1000), cs - 1000),  # the last KB below 4 GiB
-        last: rng.randbytes(BIG_SIZE - last * cs),  # past 4 GiB, random: stored raw
+        last - 1: _clean_e8(chunk(_code(rng, 1000), LZX_CHUNK - 1000)),  # the KB below 4 GiB
+        last: rng.randbytes(BIG_SIZE - last * LZX_CHUNK),  # past 4 GiB, random: stored raw
     }
 
 
 def _big_content(distinct: dict[int, bytes]) -> Iterator[bytes]:
-    cs = ALGORITHMS["LZX"].chunk_size
-    zero = bytes(cs)
-    for i in range(-(-BIG_SIZE // cs)):
+    zero = bytes(LZX_CHUNK)
+    for i in range(_chunk_count(BIG_SIZE, LZX_CHUNK)):
         yield distinct.get(i, zero)
+
+
+# --- chunk codecs: wimlib's (the reference) and libfwnt's ------------------------------------
+
+_WIMLIB_TYPES = {"XPRESS": 1, "LZX": 2}
+_wimlib_decoders: dict[tuple[str, int], ctypes.c_void_p] = {}
+
+
+@functools.cache
+def _wimlib() -> ctypes.CDLL:
+    """libwim (Debian's wimtools), loaded on first use."""
+    lib = ctypes.CDLL("libwim.so.15")
+    lib.wimlib_create_decompressor.argtypes = [
+        ctypes.c_int,
+        ctypes.c_size_t,
+        ctypes.POINTER(ctypes.c_void_p),
+    ]
+    lib.wimlib_decompress.argtypes = [
+        ctypes.c_char_p,
+        ctypes.c_size_t,
+        ctypes.c_void_p,
+        ctypes.c_size_t,
+        ctypes.c_void_p,
+    ]
+    return lib
+
+
+def wimlib_decompress(algorithm: str, data: bytes, size: int) -> bytes:
+    """One chunk decoded by wimlib's own decompressor (libwim.so.15, through ctypes).
+
+    wimlib is the reference here: Windows reads the WOF files it writes, and ntfs-3g's
+    system-compression plugin decodes with its code.  Raises OSError if the chunk is invalid.
+    """
+    alg = ALGORITHMS[algorithm]
+    key = (alg.wimlib, alg.chunk_size)
+    if key not in _wimlib_decoders:
+        handle = ctypes.c_void_p()
+        if _wimlib().wimlib_create_decompressor(
+            _WIMLIB_TYPES[alg.wimlib], alg.chunk_size, ctypes.byref(handle)
+        ):
+            raise OSError(f"wimlib: no {alg.wimlib} decompressor")
+        _wimlib_decoders[key] = handle
+    out = ctypes.create_string_buffer(size)
+    if _wimlib().wimlib_decompress(data, len(data), out, size, _wimlib_decoders[key]):
+        raise OSError(f"wimlib: invalid {algorithm} chunk")
+    return out.raw
+
+
+def libfwnt_decompress(algorithm: str, data: bytes, size: int) -> bytes:
+    """One chunk decoded by pyfwnt (libfwnt: what pyfsntfs and vcbfs use)."""
+    if ALGORITHMS[algorithm].wimlib == "LZX":
+        return pyfwnt.lzx_decompress(data, size)
+    return pyfwnt.lzxpress_huffman_decompress(data, size)
 
 
 # --- WOF streams: wimlib's blobs, the chunk table, decoding ---------------------------------
@@ -387,6 +500,7 @@ def _capture(src: Path, wim: Path, algorithm: WofAlgorithm) -> dict[str, _Blob]:
         f"--chunk-size={algorithm.chunk_size}",
         "--threads=1",
     )
+    run("wimverify", wim)  # wimlib decodes every blob and checks its SHA-1
     blobs = {}
     for block in run("wiminfo", wim, "--blobs").split("\n\n"):
         fields = dict(re.findall(r"^(\S.*?) +=[ ]?(.*)$", block, re.MULTILINE))
@@ -409,52 +523,85 @@ def _chunk_count(size: int, chunk_size: int) -> int:
     return -(-size // chunk_size)
 
 
-def _split_chunks(stream: bytes, size: int, chunk_size: int) -> list[bytes]:
-    """The stored chunks of a WofCompressedData stream; ValueError if the table is unsound."""
+def wof_chunk(stream: bytes, size: int, chunk_size: int, index: int) -> bytes:
+    """Stored chunk ``index`` of a WofCompressedData stream; ValueError if its extent is
+    unsound (only its own two table entries are looked at)."""
     n = _chunk_count(size, chunk_size)
-    if n == 0:
-        if stream:
-            raise ValueError("an empty file with a non-empty stream")
-        return []
     width = _entry_bytes(size)
     table = (n - 1) * width
-    if len(stream) < table:
-        raise ValueError(f"stream of {len(stream)} bytes is shorter than its table ({table})")
-    starts = [0] + [
-        int.from_bytes(stream[i * width : (i + 1) * width], "little") for i in range(n - 1)
-    ]
-    ends = [*starts[1:], len(stream) - table]
-    chunks = []
-    for i, (start, end) in enumerate(zip(starts, ends, strict=True)):
-        want = min(chunk_size, size - i * chunk_size)
-        if not 0 <= start < end <= len(stream) - table or end - start > want:
-            raise ValueError(f"chunk {i}: bad extent {start}..{end}")
-        chunks.append(stream[table + start : table + end])
-    return chunks
+    if not 0 <= index < n or len(stream) < table:
+        raise ValueError(f"chunk {index}: no such chunk, or a stream shorter than its table")
+
+    def start(i: int) -> int:
+        if i == 0:
+            return 0
+        if i == n:
+            return len(stream) - table
+        return int.from_bytes(stream[(i - 1) * width : i * width], "little")
+
+    lo, hi = start(index), start(index + 1)
+    want = min(chunk_size, size - index * chunk_size)
+    if not 0 <= lo < hi <= len(stream) - table or hi - lo > want:
+        raise ValueError(f"chunk {index}: bad extent {lo}..{hi}")
+    return stream[table + lo : table + hi]
+
+
+def split_wof_stream(stream: bytes, size: int, chunk_size: int) -> list[bytes]:
+    """The stored chunks of a WofCompressedData stream; ValueError if the table is unsound."""
+    n = _chunk_count(size, chunk_size)
+    if n == 0 and stream:
+        raise ValueError("an empty file with a non-empty stream")
+    return [wof_chunk(stream, size, chunk_size, i) for i in range(n)]
+
+
+Decoder = Callable[[str, bytes, int], bytes]
 
 
 def decode_wof_stream(
-    stream: bytes, size: int, algorithm: str, memo: dict[bytes, bytes] | None = None
+    stream: bytes,
+    size: int,
+    algorithm: str,
+    decoder: Decoder = wimlib_decompress,
+    memo: dict[bytes, bytes] | None = None,
 ) -> Iterator[bytes]:
-    """The uncompressed chunks of a WofCompressedData stream, decoded with pyfwnt.
-
-    Raises ValueError for an unsound table or a chunk of the wrong size, OSError when pyfwnt
-    cannot decode a chunk.  ``memo`` (stored chunk -> content) saves decoding repeats.
-    """
-    alg = ALGORITHMS[algorithm]
-    for i, data in enumerate(_split_chunks(stream, size, alg.chunk_size)):
-        want = min(alg.chunk_size, size - i * alg.chunk_size)
+    """The uncompressed chunks of a WofCompressedData stream, one by one (wimlib's decoder by
+    default).  Raises ValueError for an unsound chunk extent or a chunk of the wrong size,
+    OSError when the decoder rejects a chunk.  ``memo`` (stored -> content) saves repeats."""
+    chunk_size = ALGORITHMS[algorithm].chunk_size
+    if size == 0 and stream:
+        raise ValueError("an empty file with a non-empty stream")
+    for i in range(_chunk_count(size, chunk_size)):
+        data = wof_chunk(stream, size, chunk_size, i)
+        want = min(chunk_size, size - i * chunk_size)
         if len(data) == want:
             out = data
         elif memo is not None and data in memo:
             out = memo[data]
         else:
-            out = alg.decompress(data, want)
+            out = decoder(algorithm, data, want)
             if memo is not None:
                 memo[data] = out
         if len(out) != want:
             raise ValueError(f"chunk {i} decodes to {len(out)} bytes, not {want}")
         yield out
+
+
+def libfwnt_disagreements(chunks: list[bytes], content: bytes, algorithm: str) -> list[list]:
+    """[chunk index, "raises" or "wrong"] for each stored chunk pyfwnt does not decode right."""
+    chunk_size = ALGORITHMS[algorithm].chunk_size
+    out: list[list] = []
+    for i, data in enumerate(chunks):
+        want = content[i * chunk_size : (i + 1) * chunk_size]
+        if len(data) == len(want):
+            continue
+        try:
+            got = libfwnt_decompress(algorithm, data, len(want))
+        except OSError:
+            out.append([i, "raises"])
+            continue
+        if got != want:
+            out.append([i, "wrong"])
+    return out
 
 
 def _assemble(chunks: list[bytes], size: int) -> bytes:
@@ -476,10 +623,14 @@ def _blob_chunks(wim: bytes, blob: _Blob | None, content: bytes, chunk_size: int
     if not blob.compressed:
         assert data == content
         return [content[i : i + chunk_size] for i in range(0, len(content), chunk_size)]
-    chunks = _split_chunks(data, len(content), chunk_size)
+    chunks = split_wof_stream(data, len(content), chunk_size)
     if _assemble(chunks, len(content)) != data:
         raise RuntimeError("a wimlib blob does not re-assemble to itself")
     return chunks
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 @dataclasses.dataclass
@@ -490,8 +641,9 @@ class _Wof:
     size: int
     sha256: str
     stream: bytes
-    blob: str
+    blob: str  # how wimlib kept it: compressed, stored (whole), none (empty), or how made
     raw_chunks: int
+    libfwnt_bad_chunks: list[list]
 
     def entry(self) -> dict[str, Any]:
         alg = ALGORITHMS[self.algorithm]
@@ -510,31 +662,30 @@ class _Wof:
             "chunks": _chunk_count(self.size, alg.chunk_size),
             "raw_chunks": self.raw_chunks,
             "wim_blob": self.blob,
+            "libfwnt_bad_chunks": self.libfwnt_bad_chunks,
         }
 
 
-def _sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+def _raw_chunks(chunks: list[bytes], size: int, chunk_size: int) -> int:
+    return sum(len(c) == min(chunk_size, size - i * chunk_size) for i, c in enumerate(chunks))
 
 
 def _make_wof(algorithm: str, chunks: list[bytes], content: bytes, blob: str) -> _Wof:
-    """A WOF file from its stored chunks, checked by decoding every chunk with pyfwnt."""
+    """A WOF file from its stored chunks, every chunk checked with wimlib's and libfwnt's
+    decoders; only the LZX traps may have chunks libfwnt gets wrong."""
     stream = _assemble(chunks, len(content))
-    decoded = b"".join(decode_wof_stream(stream, len(content), algorithm))
-    if decoded != content:
+    if b"".join(decode_wof_stream(stream, len(content), algorithm)) != content:
         raise RuntimeError(f"{algorithm}: a WOF stream does not decode to its source")
-    alg = ALGORITHMS[algorithm]
-    raw = sum(
-        len(c) == min(alg.chunk_size, len(content) - i * alg.chunk_size)
-        for i, c in enumerate(chunks)
-    )
-    return _Wof(algorithm, len(content), _sha(content), stream, blob, raw)
+    bad = libfwnt_disagreements(chunks, content, algorithm)
+    chunk_size = ALGORITHMS[algorithm].chunk_size
+    raw = _raw_chunks(chunks, len(content), chunk_size)
+    return _Wof(algorithm, len(content), _sha(content), stream, blob, raw, bad)
 
 
 def _compress_all(work: Path, files: dict[str, dict[str, bytes]]) -> dict[str, dict[str, Any]]:
     """Per algorithm: capture ``files[algorithm]`` (name -> content) with wimlib.
 
-    Returns algorithm -> name -> (stored chunks, blob kind), each file decoded and checked.
+    Returns algorithm -> name -> (stored chunks, blob kind).
     """
     out: dict[str, dict[str, Any]] = {}
     for name, contents in files.items():
@@ -566,8 +717,10 @@ def reparse_buffer(tag: int, data: bytes) -> bytes:
 
 
 def wof_reparse(algorithm: int) -> bytes:
-    """WOF_EXTERNAL_INFO (version 1, FILE provider) + FILE_PROVIDER_EXTERNAL_INFO_V1."""
-    return reparse_buffer(IO_REPARSE_TAG_WOF, struct.pack("<5I", 1, 2, 1, algorithm, 0))
+    """WOF_EXTERNAL_INFO (version 1, FILE provider) + FILE_PROVIDER_EXTERNAL_INFO_V0 (version
+    1, algorithm): 16 bytes, the shape Windows stores (V1's Flags belong to the FSCTL only)."""
+    body = struct.pack("<4I", 1, WOF_PROVIDER_FILE, 1, algorithm)
+    return reparse_buffer(IO_REPARSE_TAG_WOF, body)
 
 
 def wim_reparse(data_source: int, resource_hash: bytes) -> bytes:
@@ -596,21 +749,23 @@ def _cloud_reparse(tag: int, rng: random.Random) -> bytes:
 
 
 class _Manifest:
-    """Entries and sources being collected; ``reparse`` and ``streams`` as intended."""
+    """The manifest being collected: entries (what was meant), sources and facts."""
 
     def __init__(self) -> None:
         self.entries: dict[str, dict[str, Any]] = {}
         self.sources: dict[str, str] = {}
         self.facts: dict[str, Any] = {}
+        self.patches: dict[str, int] = {}  # path -> file attributes to set in the MFT record
 
-    def add(self, path: str, kind: str, size: int, content: bytes | None = None, **extra: Any):
+    def add(
+        self, path: str, kind: str, size: int, content: bytes | None = None, **extra: Any
+    ) -> None:
         entry: dict[str, Any] = {"kind": kind, "size": size, "expect": "data"}
         if content is not None:
             assert len(content) == size, path
             entry["sha256"] = _sha(content)
         entry.update(extra)
         self.entries[path] = entry
-        return entry
 
     def dirs(self, mnt: Path, *paths: str) -> None:
         for path in paths:
@@ -621,23 +776,15 @@ class _Manifest:
                 self.entries.setdefault(sub, {"kind": "dir", "size": 0, "expect": "data"})
 
 
-def _write(path: Path, data: bytes | Iterable[bytes] = b"") -> None:
+def _write(path: Path, data: bytes = b"") -> None:
     with open(path, "xb") as f:
-        if isinstance(data, bytes):
-            f.write(data)
-        else:
-            for part in data:
-                f.write(part)
+        f.write(data)
 
 
-def _write_stream(path: Path, name: str, data: bytes | Iterable[bytes]) -> None:
+def _write_stream(path: Path, name: str, data: bytes) -> None:
     """A named stream through a ``streams_interface=windows`` mount."""
     with open(f"{path}:{name}", "wb") as f:
-        if isinstance(data, bytes):
-            f.write(data)
-        else:
-            for part in data:
-                f.write(part)
+        f.write(data)
 
 
 def _set_reparse(path: Path, buffer: bytes) -> None:
@@ -664,14 +811,18 @@ def _populate_wof(
     mnt: Path, m: _Manifest, compressed: dict[str, dict[str, Any]], contents: dict[str, bytes]
 ) -> None:
     m.dirs(mnt, "wof/plain", *(f"wof/{a}" for a in ALGORITHMS))
-    for fname, data in contents.items():
+    traps = {E8_TAIL: _e8_tail(), LENGTHS_TRAP: _lengths_trap()}
+    for fname, data in {**contents, **traps}.items():
         _write(mnt / "wof/plain" / fname, data)
         m.add(f"wof/plain/{fname}", "plain", len(data), data)
     for alg in ALGORITHMS:
-        for fname, data in contents.items():
+        for fname, data in ({**contents, **traps} if alg == "LZX" else contents).items():
             chunks, blob = compressed[alg][fname]
             path = f"wof/{alg}/{fname}"
-            _put_wof(mnt, path, _make_wof(alg, chunks, data, blob), m)
+            wof = _make_wof(alg, chunks, data, blob)
+            if bool(wof.libfwnt_bad_chunks) != (fname in traps):
+                raise RuntimeError(f"{path}: libfwnt gets chunks {wof.libfwnt_bad_chunks} wrong")
+            _put_wof(mnt, path, wof, m)
             m.sources[path] = f"wof/plain/{fname}"
     raw = {a: m.entries[f"wof/{a}/size-{5 * MIB}.bin"]["raw_chunks"] for a in ALGORITHMS}
     if not all(raw.values()):
@@ -689,7 +840,10 @@ def _populate_bench(
     m.add("bench/lznt1/file.bin", "compressed", len(data), data)
     for alg, name in (("LZX", "bench/wof-lzx.bin"), ("XPRESS4K", "bench/wof-xpress4k.bin")):
         chunks, blob = compressed[alg]["bench.bin"]
-        _put_wof(mnt, name, _make_wof(alg, chunks, data, blob), m)
+        wof = _make_wof(alg, chunks, data, blob)
+        if wof.libfwnt_bad_chunks:
+            raise RuntimeError(f"{name}: libfwnt gets chunks {wof.libfwnt_bad_chunks} wrong")
+        _put_wof(mnt, name, wof, m)
         m.sources[name] = "bench/plain.bin"
 
 
@@ -699,100 +853,93 @@ def _big_wof(compressed: dict[str, dict[str, Any]]) -> _Wof:
     stored = {i: compressed["LZX"][f"big-{i}.bin"][0] for i in distinct}
     zero = compressed["LZX"]["big-zero.bin"][0]
     assert all(len(c) == 1 for c in (*stored.values(), zero))
-    chunks = [stored[i][0] if i in stored else zero[0] for i in range(-(-BIG_SIZE // 32768))]
+    n = _chunk_count(BIG_SIZE, LZX_CHUNK)
+    chunks = [stored[i][0] if i in stored else zero[0] for i in range(n)]
     stream = _assemble(chunks, BIG_SIZE)
     want, got = hashlib.sha256(), hashlib.sha256()
-    memo: dict[bytes, bytes] = {}
-    for a, b in zip(
-        _big_content(distinct), decode_wof_stream(stream, BIG_SIZE, "LZX", memo), strict=True
-    ):
+    memos: tuple[dict[bytes, bytes], dict[bytes, bytes]] = ({}, {})
+    decoded = (
+        decode_wof_stream(stream, BIG_SIZE, "LZX", wimlib_decompress, memos[0]),
+        decode_wof_stream(stream, BIG_SIZE, "LZX", libfwnt_decompress, memos[1]),
+    )
+    for a, b, c in zip(_big_content(distinct), *decoded, strict=True):
         want.update(a)
         got.update(b)
+        if b != c:
+            raise RuntimeError("libfwnt decodes a chunk of the big WOF file differently")
     if want.digest() != got.digest():
         raise RuntimeError("the big WOF stream does not decode to its content")
-    raw = sum(len(c) == min(32768, BIG_SIZE - i * 32768) for i, c in enumerate(chunks))
-    return _Wof("LZX", BIG_SIZE, want.hexdigest(), stream, "assembled", raw)
+    raw = _raw_chunks(chunks, BIG_SIZE, LZX_CHUNK)
+    return _Wof("LZX", BIG_SIZE, want.hexdigest(), stream, "assembled", raw, [])
 
 
 def _populate_big(mnt: Path, m: _Manifest, compressed: dict[str, dict[str, Any]]) -> None:
     m.dirs(mnt, "wof/big")
     wof = _big_wof(compressed)
-    data_chunks = [[i * 32768, len(c)] for i, c in sorted(_big_chunks().items())]
+    data_chunks = [[i * LZX_CHUNK, len(c)] for i, c in sorted(_big_chunks().items())]
     _put_wof(mnt, "wof/big/big.bin", wof, m, data_chunks=data_chunks)
 
 
-def _damage(
-    alg: str, chunks: list[bytes], content: bytes, index: int, how: Callable[[bytes], bytes]
-) -> list[bytes]:
-    """``chunks`` with chunk ``index`` damaged; checks that pyfwnt fails on it."""
-    cs = ALGORITHMS[alg].chunk_size
-    want = min(cs, len(content) - index * cs)
-    bad = how(chunks[index])
-    assert len(chunks[index]) < want, "the chunk to damage is stored raw"
-    try:
-        out = ALGORITHMS[alg].decompress(bad, want)
-    except OSError:
-        pass
-    else:
-        if len(out) == want:
-            raise RuntimeError(f"{alg}: the damaged chunk still decodes to {want} bytes")
-    return [*chunks[:index], bad, *chunks[index + 1 :]]
+def _damage(alg: str, chunks: list[bytes], size: int, how: Callable[[bytes], bytes]) -> bytes:
+    """The stream of ``chunks`` with chunk BAD_CHUNK damaged so both decoders reject it."""
+    bad = how(chunks[BAD_CHUNK])
+    for decoder in (wimlib_decompress, libfwnt_decompress):
+        with contextlib.suppress(OSError):
+            decoder(alg, bad, ALGORITHMS[alg].chunk_size)
+            raise RuntimeError(f"{alg}: {decoder.__name__} decodes the damaged chunk")
+    return _assemble([*chunks[:BAD_CHUNK], bad, *chunks[BAD_CHUNK + 1 :]], size)
 
 
-def _table_entry(stream: bytes, entry: int, value: int, size: int) -> bytes:
-    width = _entry_bytes(size)
+def _table_entry(stream: bytes, entry: int, value: int) -> bytes:
     out = bytearray(stream)
-    out[entry * width : (entry + 1) * width] = value.to_bytes(width, "little")
+    out[entry * 4 : (entry + 1) * 4] = value.to_bytes(4, "little")
     return bytes(out)
 
 
 def _populate_corrupt(
     mnt: Path, m: _Manifest, compressed: dict[str, dict[str, Any]], content: bytes
 ) -> None:
+    """Damaged WOF files beside a sound one; ``bad_chunk`` is the first chunk not decodable."""
     m.dirs(mnt, "wof/corrupt")
     _write(mnt / "wof/plain/corrupt-source.bin", content)
     m.add("wof/plain/corrupt-source.bin", "plain", len(content), content)
     lzx, _ = compressed["LZX"]["corrupt.bin"]
     xp4, _ = compressed["XPRESS4K"]["corrupt.bin"]
+    _put_wof(mnt, "wof/corrupt/good.bin", _make_wof("LZX", lzx, content, "compressed"), m)
+
     size = len(content)
-    good = _make_wof("LZX", lzx, content, "compressed")
-    _put_wof(mnt, "wof/corrupt/good.bin", good, m)
-
-    def bad(path: str, alg: str, stream: bytes, chunk: int, reason: str) -> None:
-        wof = _Wof(alg, size, _sha(content), stream, "damaged", 0)
-        try:
+    lzx_stream, xp4_stream = _assemble(lzx, size), _assemble(xp4, size)
+    chunk2 = int.from_bytes(lzx_stream[4:8], "little")  # entry k: where chunk k + 1 starts
+    cases = {  # name -> (algorithm, stream, reason); chunk BAD_CHUNK is the bad one each time
+        "bad-chunk.bin": (
+            "LZX",
+            _damage("LZX", lzx, size, lambda c: b"\xff\xff" + c[2:]),
+            "LZX chunk 2 damaged: invalid block type",
+        ),
+        "bad-chunk-xpress.bin": (
+            "XPRESS4K",
+            _damage("XPRESS4K", xp4, size, lambda c: b"\xff" * 256 + c[256:]),
+            "XPRESS chunk 2 damaged: over-subscribed Huffman code",
+        ),
+        "bad-table.bin": (
+            "XPRESS4K",
+            _table_entry(xp4_stream, BAD_CHUNK, 2 * len(xp4_stream)),
+            "chunk-table entry 2 points past the stream's end",
+        ),
+        "bad-table-order.bin": (
+            "LZX",
+            _table_entry(lzx_stream, BAD_CHUNK, chunk2 - 1),
+            "chunk-table offsets go backwards (chunk 3 starts before chunk 2)",
+        ),
+    }
+    for name, (alg, stream, reason) in cases.items():
+        path = f"wof/corrupt/{name}"
+        with contextlib.suppress(OSError, ValueError):
             b"".join(decode_wof_stream(stream, size, alg))
-        except (OSError, ValueError):
-            pass
-        else:
             raise RuntimeError(f"{path} decodes")
-        _put_wof(mnt, path, wof, m, expect="eio", bad_chunk=chunk, reason=reason)
-        del m.entries[path]["sha256"]
-        m.entries[path]["source_sha256"] = _sha(content)
-
-    def no_block_type(c: bytes) -> bytes:
-        return b"\xff\xff" + c[2:]
-
-    def bad_huffman(c: bytes) -> bytes:
-        return b"\xff" * 256 + c[256:]
-
-    chunks = _damage("LZX", lzx, content, 2, no_block_type)
-    bad("wof/corrupt/bad-chunk.bin", "LZX", _assemble(chunks, size), 2, "LZX chunk 2: block type 7")
-    chunks = _damage("XPRESS4K", xp4, content, 2, bad_huffman)
-    bad(
-        "wof/corrupt/bad-chunk-xpress.bin",
-        "XPRESS4K",
-        _assemble(chunks, size),
-        2,
-        "XPRESS chunk 2: over-subscribed Huffman table",
-    )
-    stream = _assemble(xp4, size)
-    past = _table_entry(stream, 2, 2 * len(stream), size)  # entry 2 = start of chunk 3
-    bad("wof/corrupt/bad-table.bin", "XPRESS4K", past, 2, "chunk 3 starts past the stream's end")
-    stream = _assemble(lzx, size)
-    chunk2 = int.from_bytes(stream[4:8], "little")  # entry k holds the start of chunk k + 1
-    back = _table_entry(stream, 2, chunk2 - 1, size)  # chunk 3 starts before chunk 2
-    bad("wof/corrupt/bad-table-order.bin", "LZX", back, 2, "chunk-table offsets go backwards")
+        wof = _Wof(alg, size, _sha(content), stream, "damaged", 0, [])
+        _put_wof(mnt, path, wof, m, expect="eio", bad_chunk=BAD_CHUNK, reason=reason)
+        m.entries[path]["source_sha256"] = m.entries[path].pop("sha256")
     for path in m.entries:
         if path.startswith("wof/corrupt/"):
             m.sources[path] = "wof/plain/corrupt-source.bin"
@@ -840,9 +987,13 @@ def _stub(
     extra: dict[str, Any] = {}
     if streams:
         extra["streams"] = _add_streams(p, streams)
-    if attributes:
+    if attributes:  # what ntfs-3g drops is patched into the MFT record after unmounting
         old = int.from_bytes(lgetxattr(p, "system.ntfs_attrib_be"), "big")
         os.setxattr(p, "system.ntfs_attrib_be", (old | attributes).to_bytes(4, "big"))
+        kept = int.from_bytes(lgetxattr(p, "system.ntfs_attrib_be"), "big")
+        if dropped := attributes & ~kept:
+            m.patches[path] = dropped
+            m.facts.setdefault("attributes ntfs-3g dropped (patched in)", {})[path] = dropped
     _set_reparse(p, buffer)
     tag = int.from_bytes(buffer[:4], "little")
     expect = {"expect": "eio", "reason": reason} if data is None else {"reason": reason}
@@ -852,69 +1003,59 @@ def _stub(
 def _populate_stubs(mnt: Path, m: _Manifest) -> None:
     m.dirs(mnt, "stubs")
     rng = random.Random(12)
-    _stub(mnt, m, "stubs/dedup.bin", _dedup_reparse(rng), 300 * KIB, "dedup: data in chunk store")
+    offline = FILE_ATTRIBUTE_OFFLINE
     streams = {"Zone.Identifier": b"[ZoneTransfer]\r\nZoneId=3\r\n", "thumb": rng.randbytes(5000)}
-    _stub(
-        mnt,
-        m,
-        "stubs/cloud-dehydrated.bin",
-        _cloud_reparse(IO_REPARSE_TAG_CLOUD, rng),
-        MIB + 3,
-        "cloud placeholder, dehydrated: the data is in the cloud",
-        attributes=FILE_ATTRIBUTE_OFFLINE,  # + RECALL_ON_DATA_ACCESS, patched in afterwards
-        streams=streams,
+    sparse: tuple[tuple[str, bytes, int, str, dict[str, Any]], ...] = (
+        ("dedup.bin", _dedup_reparse(rng), 300 * KIB, "Data Deduplication: in the chunk store", {}),
+        (
+            "cloud-dehydrated.bin",
+            _cloud_reparse(IO_REPARSE_TAG_CLOUD, rng),
+            MIB + 3,
+            "cloud placeholder, dehydrated: the data is in the cloud",
+            {"attributes": offline | FILE_ATTRIBUTE_RECALL_ON_DATA_ACCESS, "streams": streams},
+        ),
+        (
+            "cloud-1-dehydrated.bin",
+            _cloud_reparse(IO_REPARSE_TAG_CLOUD_1, rng),
+            77 * KIB,
+            "cloud placeholder (CLOUD_1), dehydrated",
+            {"attributes": offline},
+        ),
+        ("hsm.bin", reparse_buffer(IO_REPARSE_TAG_HSM, rng.randbytes(40)), 64 * KIB, "HSM", {}),
+        ("hsm2.bin", reparse_buffer(IO_REPARSE_TAG_HSM2, rng.randbytes(40)), 10_000, "HSM2", {}),
+        (
+            "unknown-sparse.bin",
+            reparse_buffer(UNKNOWN_TAG_SPARSE, rng.randbytes(24)),
+            200 * KIB + 3,
+            "unknown reparse tag over wholly sparse data",
+            {},
+        ),
+        (
+            "unknown-empty.bin",
+            reparse_buffer(UNKNOWN_TAG_EMPTY, rng.randbytes(8)),
+            0,
+            "unknown reparse tag, size 0",
+            {},
+        ),
     )
-    _stub(
-        mnt,
-        m,
-        "stubs/cloud-1-dehydrated.bin",
-        _cloud_reparse(IO_REPARSE_TAG_CLOUD_1, rng),
-        77 * KIB,
-        "cloud placeholder (CLOUD_1), dehydrated",
-        attributes=FILE_ATTRIBUTE_OFFLINE,
+    for name, buffer, size, reason, extra in sparse:
+        _stub(mnt, m, f"stubs/{name}", buffer, size, reason, **extra)
+    with_data = (
+        (
+            "cloud-hydrated.bin",
+            _cloud_reparse(IO_REPARSE_TAG_CLOUD, rng),
+            _log_text(rng, 100 * KIB + 17),
+            "cloud file, hydrated: the data is on the volume",
+        ),
+        (
+            "unknown-data.bin",
+            reparse_buffer(UNKNOWN_TAG_DATA, rng.randbytes(16)),
+            rng.randbytes(50 * KIB + 1),
+            "unknown reparse tag over real data: the data is on the volume",
+        ),
     )
-    hydrated = _log_text(rng, 100 * KIB + 17)
-    _stub(
-        mnt,
-        m,
-        "stubs/cloud-hydrated.bin",
-        _cloud_reparse(IO_REPARSE_TAG_CLOUD, rng),
-        len(hydrated),
-        "cloud file, hydrated: the data is on the volume",
-        data=hydrated,
-    )
-    for path, tag, size in (
-        ("stubs/hsm.bin", IO_REPARSE_TAG_HSM, 64 * KIB),
-        ("stubs/hsm2.bin", IO_REPARSE_TAG_HSM2, 10_000),
-    ):
-        buffer = reparse_buffer(tag, rng.randbytes(40))
-        _stub(mnt, m, path, buffer, size, "HSM stub: data on secondary storage")
-    _stub(
-        mnt,
-        m,
-        "stubs/unknown-sparse.bin",
-        reparse_buffer(UNKNOWN_TAG_SPARSE, rng.randbytes(24)),
-        200 * KIB + 3,
-        "unknown reparse tag over wholly sparse data",
-    )
-    _stub(
-        mnt,
-        m,
-        "stubs/unknown-empty.bin",
-        reparse_buffer(UNKNOWN_TAG_EMPTY, rng.randbytes(8)),
-        0,
-        "unknown reparse tag, size 0",
-    )
-    data = rng.randbytes(50 * KIB + 1)
-    _stub(
-        mnt,
-        m,
-        "stubs/unknown-data.bin",
-        reparse_buffer(UNKNOWN_TAG_DATA, rng.randbytes(16)),
-        len(data),
-        "unknown reparse tag over real data: the data is on the volume",
-        data=data,
-    )
+    for name, buffer, data, reason in with_data:
+        _stub(mnt, m, f"stubs/{name}", buffer, len(data), reason, data=data)
 
 
 def _populate_streams(mnt: Path, m: _Manifest) -> None:
@@ -1042,7 +1183,7 @@ def _populate_efs(image: Path, m: _Manifest) -> None:
                 expect="eio",
                 reason="EFS-encrypted: the stored data is ciphertext",
                 raw_size=raw_size,
-                raw_sha256=_sha(ciphertext),
+                ciphertext_sha256=_sha(ciphertext[:size]),
             )
 
 
@@ -1102,8 +1243,36 @@ def _sha_file(path: str | os.PathLike[str]) -> tuple[int, str]:
     return n, h.hexdigest()
 
 
+def ntfscat(image: Path, ino: int, stream: str = "") -> bytes:
+    """A $DATA stream of MFT record ``ino`` read by ntfs-3g's ``ntfscat`` (no FUSE: ntfs-3g's
+    mount refuses to open any stream of a reparse point it does not support, ELIBACC).  ``-f``:
+    ntfs-3g's tools refuse an image that an ntfs-3g mount (even read-only) holds open."""
+    cmd = ["ntfscat", "-f", "-i", str(ino), *(["-a", "0x80", "-n", stream] if stream else [])]
+    cmd.append(os.fspath(image))
+    done = subprocess.run(cmd, capture_output=True, check=False)
+    if done.returncode:
+        raise RuntimeError(f"ntfscat {ino} {stream!r} failed: {done.stderr.decode().strip()}")
+    return done.stdout
+
+
+def data_residency(image: Path, ino: int) -> dict[str, bool]:
+    """$DATA attribute name -> resident, as ``ntfsinfo`` dumps MFT record ``ino``."""
+    out = {}
+    for section in run("ntfsinfo", "-f", "-i", str(ino), image).split("Dumping attribute ")[1:]:
+        if section.startswith("$DATA"):
+            name = re.search(r"Attribute name:\s+'(.*)'", section)
+            out[name[1] if name else ""] = "Resident: \t\t Yes" in section
+    return out
+
+
+def _check(path: str, what: str, got: object, want: object) -> None:
+    if got != want:
+        raise RuntimeError(f"{path}: {what} did not read back ({got!r} != {want!r})")
+
+
 def _read_back(image: Path, m: _Manifest) -> None:
-    """Through a read-only ntfs-3g mount: record ino and attributes, check what was written."""
+    """Record each entry's ino and attributes and check what was written: through a read-only
+    ntfs-3g mount, and with ntfscat for the streams of reparse points."""
     with ntfs3g_mounted(image, "ro", "streams_interface=windows") as mnt:
         for path, e in m.entries.items():
             p = mnt / path
@@ -1111,22 +1280,28 @@ def _read_back(image: Path, m: _Manifest) -> None:
             e["ino"] = st.st_ino
             e["attributes"] = int.from_bytes(lgetxattr(p, "system.ntfs_attrib_be"), "big")
             if "reparse_hex" in e:
-                got = lgetxattr(p, "system.ntfs_reparse_data")
-                if got.hex() != e["reparse_hex"]:
-                    raise RuntimeError(f"{path}: reparse data did not read back")
-                if not stat.S_ISLNK(st.st_mode):
-                    raise RuntimeError(f"{path}: ntfs-3g does not show a reparse point as link")
-            if "wof_stream_sha256" in e:
-                stream = _sha_file(f"{p}:{WOF_STREAM}")
-                if stream != (e["wof_stream_size"], e["wof_stream_sha256"]):
-                    raise RuntimeError(f"{path}: {WOF_STREAM} did not read back")
-            elif e["kind"] in ("plain", "compressed", "stream-host", "hardlink") and _sha_file(
-                p
-            ) != (e["size"], e["sha256"]):
-                raise RuntimeError(f"{path}: content did not read back")
+                reparse = lgetxattr(p, "system.ntfs_reparse_data").hex()
+                _check(path, "reparse data", reparse, e["reparse_hex"])
+                _check(path, "symlink type", stat.S_ISLNK(st.st_mode), True)
+                continue
+            if e["kind"] in ("plain", "compressed", "stream-host", "hardlink"):
+                _check(path, "content", _sha_file(p), (e["size"], e["sha256"]))
             for name, s in e.get("streams", {}).items():
-                if _sha_file(f"{p}:{name}") != (s["size"], s["sha256"]):
-                    raise RuntimeError(f"{path}:{name}: stream did not read back")
+                _check(
+                    f"{path}:{name}", "stream", _sha_file(f"{p}:{name}"), (s["size"], s["sha256"])
+                )
+    for path, e in m.entries.items():
+        if "reparse_hex" not in e:
+            continue
+        if e["kind"] == "wof":
+            data = ntfscat(image, e["ino"], WOF_STREAM)
+            _check(path, WOF_STREAM, _sha(data), e["wof_stream_sha256"])
+            resident = data_residency(image, e["ino"])
+            e["data_resident"], e["wof_stream_resident"] = resident[""], resident[WOF_STREAM]
+        for name, s in e.get("streams", {}).items():
+            _check(f"{path}:{name}", "stream", _sha(ntfscat(image, e["ino"], name)), s["sha256"])
+        if e["kind"] == "stub" and e["expect"] == "data":
+            _check(path, "content", _sha(ntfscat(image, e["ino"])), e["sha256"])
 
 
 # --- the builder -------------------------------------------------------------------------------
@@ -1173,10 +1348,9 @@ def _build(work: Path) -> dict[str, float]:
     bench = _mixed(random.Random(20), BENCH_SIZE)
     corrupt = _log_text(random.Random(21), CORRUPT_SIZE)
     big = {f"big-{i}.bin": c for i, c in _big_chunks().items()}
-    files = {a: dict(contents) for a in ALGORITHMS}
-    files["LZX"].update(big, **{"big-zero.bin": bytes(32768), "bench.bin": bench})
-    files["LZX"]["corrupt.bin"] = corrupt
-    files["XPRESS4K"].update({"bench.bin": bench, "corrupt.bin": corrupt})
+    files = {a: {**contents, "bench.bin": bench, "corrupt.bin": corrupt} for a in ALGORITHMS}
+    traps = {E8_TAIL: _e8_tail(), LENGTHS_TRAP: _lengths_trap()}
+    files["LZX"].update(big | traps | {"big-zero.bin": bytes(LZX_CHUNK)})
     lap("generate")
     compressed = _compress_all(work, files)
     lap("wimlib")
@@ -1192,6 +1366,11 @@ def _build(work: Path) -> dict[str, float]:
     lap("mkntfs+ntfscp")
 
     m = _Manifest()
+    m.facts["tools"] = {
+        "wimlib": run("wimlib-imagex", "--version").splitlines()[0],
+        "libntfs-3g": run("mkntfs", "--version").split()[1],
+        "libfwnt": pyfwnt.get_version(),
+    }
     with ntfs3g_mounted(image, "streams_interface=windows") as mnt:
         _populate_bench(mnt, m, compressed, bench)
         _populate_wof(mnt, m, compressed, contents)
@@ -1209,9 +1388,9 @@ def _build(work: Path) -> dict[str, float]:
     _populate_efs(image, m)
     lap("efs")
     with ntfs3g_mounted(image, "ro") as mnt:
-        ino = os.lstat(mnt / "stubs/cloud-dehydrated.bin").st_ino
-    stored = _set_si_attributes(image, ino, FILE_ATTRIBUTE_RECALL_ON_DATA_ACCESS)
-    m.facts["cloud-dehydrated $STANDARD_INFORMATION attributes (patched)"] = stored
+        inos = {path: os.lstat(mnt / path).st_ino for path in m.patches}
+    for path, bits in m.patches.items():
+        _set_si_attributes(image, inos[path], bits)
     lap("patch")
     _read_back(image, m)
     lap("read back")

@@ -19,8 +19,8 @@ from tests.ntfs.lznt1_compress import (
     greedy_tokens,
     split_bits,
 )
-from vcbfs.errors import CorruptError
 from tests.ntfs.lznt1_oracle import CHUNK_SIZE, decompress_chunk, decompress_unit
+from vcbfs.errors import CorruptError
 
 UNIT = 16 * CHUNK_SIZE  # a 16-cluster unit of 4 KiB clusters
 

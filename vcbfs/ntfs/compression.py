@@ -1,11 +1,15 @@
 """The decoders behind NTFS compression (LZNT1) and WOF "compact OS" files (XPRESS, LZX).
 
-The codecs themselves are libyal's libfwnt (``pyfwnt``): C, about 30x faster than a Python
-decoder, and it releases the GIL while it decodes, so worker threads decode in parallel.
-What this module adds is what a backup needs around them: every input and output length is
-checked (libfwnt's LZX decoder returns short output for garbage without an error), every
-failure is a ``CorruptError`` naming the source, and LZNT1 follows Windows where libfwnt does
-not.
+The codecs are C libraries, called so that they release the GIL (worker threads decode in
+parallel): LZNT1 by libyal's libfwnt (``pyfwnt``), about 30x faster than Python; XPRESS
+Huffman and LZX by wimlib's decompressors (``libwim.so.15``, through ctypes), the reference
+implementation of the WIM/WOF formats.  libfwnt also has XPRESS and LZX decoders, but its LZX
+decoder returns wrong bytes without an error for valid chunks (it translates x86 CALL
+operands in the last 10 bytes of a chunk, which LZX leaves alone, and misses one boundary
+case of the translation) and refuses others (an empty length code), and its XPRESS decoder is
+7-10x slower than wimlib's (see docs/design.md).  What this module adds is what a backup needs
+around them: every output length is checked, and every failure is a ``CorruptError`` naming
+the source; LZNT1 follows Windows where libfwnt does not.
 
 LZNT1 ([MS-XCA] 2.5) stores a compression unit as chunks, each a 2-byte header (bits 0-11:
 stored size - 3; bit 15: compressed) standing for 4096 bytes of output.  Windows pads a chunk
@@ -18,12 +22,15 @@ is the test oracle for both paths.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import ctypes
+import ctypes.util
+import functools
+import threading
 
 import pyfwnt
 
 from vcbfs.blocks.source import Buffer
-from vcbfs.errors import CorruptError
+from vcbfs.errors import CorruptError, UnavailableError
 
 __all__ = ["LZNT1_CHUNK", "lznt1_unit", "lzx_chunk", "xpress_huffman_chunk"]
 
@@ -108,27 +115,72 @@ def _chunk_by_chunk(
     return out
 
 
-def xpress_huffman_chunk(data: Buffer, size: int, source: str | None = None) -> bytes:
-    """One XPRESS Huffman chunk ([MS-XCA] 2.2) of exactly ``size`` bytes."""
-    return _exact(pyfwnt.lzxpress_huffman_decompress, "XPRESS", data, size, source)
+def xpress_huffman_chunk(data: Buffer, size: int, chunk: int, source: str | None = None) -> bytes:
+    """One XPRESS Huffman chunk ([MS-XCA] 2.2) of exactly ``size`` bytes, from a stream of
+    ``chunk``-byte chunks."""
+    return _wimlib_decode(_XPRESS, chunk, "XPRESS", data, size, source)
 
 
-def lzx_chunk(data: Buffer, size: int, source: str | None = None) -> bytes:
-    """One LZX chunk as WIM and WOF store it (32 KiB window, E8 call translation)."""
-    return _exact(pyfwnt.lzx_decompress, "LZX", data, size, source)
+def lzx_chunk(data: Buffer, size: int, chunk: int = 32768, source: str | None = None) -> bytes:
+    """One LZX chunk as WIM and WOF store it (a window of ``chunk`` bytes, E8 translation)."""
+    return _wimlib_decode(_LZX, chunk, "LZX", data, size, source)
 
 
-def _exact(
-    decode: Callable[[bytes, int], bytes], codec: str, data: Buffer, size: int, source: str | None
-) -> bytes:
+_XPRESS, _LZX = 1, 2  # enum wimlib_compression_type
+_local = threading.local()  # a decompressor holds its tables: one per thread and kind
+
+
+@functools.cache
+def _wimlib() -> ctypes.CDLL:
+    name = ctypes.util.find_library("wim") or "libwim.so.15"
     try:
-        out = decode(bytes(data), size)
-    except (OSError, ValueError) as exc:
-        why = _reason(exc)
-        raise CorruptError(f"{codec} data does not decode ({why})", source=source) from None
-    if len(out) != size:
-        raise CorruptError(f"{codec} data decodes to {len(out)} bytes, not {size}", source=source)
-    return out
+        lib = ctypes.CDLL(name)
+    except OSError as exc:
+        raise UnavailableError(
+            f"WOF files need wimlib's library to decode ({exc}); install it (Debian: libwim15)"
+        ) from None
+    lib.wimlib_create_decompressor.argtypes = [
+        ctypes.c_int,
+        ctypes.c_size_t,
+        ctypes.POINTER(ctypes.c_void_p),
+    ]
+    lib.wimlib_decompress.argtypes = [
+        ctypes.c_char_p,
+        ctypes.c_size_t,
+        ctypes.c_void_p,
+        ctypes.c_size_t,
+        ctypes.c_void_p,
+    ]
+    return lib
+
+
+def _decompressor(ctype: int, chunk: int) -> tuple[ctypes.c_void_p, ctypes.Array[ctypes.c_char]]:
+    """This thread's decompressor for ``ctype`` and ``chunk``, and an output buffer.
+
+    Never freed: a thread keeps at most one per WOF algorithm (a few hundred KiB each).
+    """
+    cache = getattr(_local, "decompressors", None)
+    if cache is None:
+        cache = _local.decompressors = {}
+    found = cache.get((ctype, chunk))
+    if found is None:
+        handle = ctypes.c_void_p()
+        if _wimlib().wimlib_create_decompressor(ctype, chunk, ctypes.byref(handle)):
+            raise UnavailableError(f"wimlib has no decompressor for {ctype} with {chunk}")
+        found = cache[ctype, chunk] = (handle, ctypes.create_string_buffer(chunk))
+    return found
+
+
+def _wimlib_decode(
+    ctype: int, chunk: int, codec: str, data: Buffer, size: int, source: str | None
+) -> bytes:
+    if not 0 < size <= chunk:
+        raise CorruptError(f"{codec} chunk of {size} bytes in {chunk}-byte chunks", source=source)
+    handle, out = _decompressor(ctype, chunk)
+    raw = bytes(data)
+    if _wimlib().wimlib_decompress(raw, len(raw), out, size, handle):
+        raise CorruptError(f"{codec} data does not decode to {size} bytes", source=source)
+    return out.raw[:size]
 
 
 def _reason(exc: Exception) -> str:

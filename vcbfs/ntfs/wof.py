@@ -4,7 +4,8 @@ Windows 10's ``compact /exe`` and Compact OS leave a file's unnamed $DATA sparse
 the file's size, nothing is allocated) and put the data, compressed, in a named stream
 ``WofCompressedData``; a reparse point (tag 0x80000017) tells the WOF filter which algorithm.
 Reparse data: WOF_EXTERNAL_INFO {version 1, provider}, then for provider 2 (FILE)
-FILE_PROVIDER_EXTERNAL_INFO_V1 {version 1, algorithm, flags}.  Provider 1 (WIM) keeps the data
+FILE_PROVIDER_EXTERNAL_INFO_V1 {version 1, algorithm} (16 bytes in all; the structure's Flags
+field belongs to the ioctl that compresses and is not stored).  Provider 1 (WIM) keeps the data
 in a WIM file outside the volume: that is refused with a reason, never read as zeros.
 
 The stream is a chunk-offset table, then the chunks.  A file of N chunks has N-1 entries (the
@@ -31,7 +32,7 @@ __all__ = ["STREAM", "WofInfo", "WofStream", "parse_wof"]
 STREAM = "WofCompressedData"
 PROVIDER_WIM = 1
 PROVIDER_FILE = 2
-Decoder = Callable[[Buffer, int, "str | None"], bytes]
+Decoder = Callable[[Buffer, int, int, "str | None"], bytes]
 #: algorithm -> (name, chunk size, decoder)
 ALGORITHMS: dict[int, tuple[str, int, Decoder]] = {
     0: ("XPRESS4K", 4096, xpress_huffman_chunk),
@@ -67,7 +68,7 @@ def parse_wof(data: bytes, source: str | None = None) -> WofInfo:
         )
     if provider != PROVIDER_FILE:
         raise UnavailableError(f"WOF provider {provider} is unknown", source=source)
-    if len(data) < 20:
+    if len(data) < 16:
         raise CorruptError("WOF file-provider data is truncated", source=source)
     file_version, algorithm = struct.unpack_from("<II", data, 8)
     if file_version != 1 or algorithm not in ALGORITHMS:
@@ -143,7 +144,9 @@ class WofStream(ByteSource):
                 data = (
                     bytes(piece)
                     if length == size
-                    else self._decode(piece, size, f"{self.name}: {self.algorithm} chunk {i}")
+                    else self._decode(
+                        piece, size, self.chunk, f"{self.name}: {self.algorithm} chunk {i}"
+                    )
                 )
                 self._chunks.put(i, data)
                 parts[i - first] = data
