@@ -196,7 +196,7 @@ def run_ls(args: argparse.Namespace) -> int:
             for r in rows:
                 link = f" -> {r['target']}" if "target" in r else ""
                 sys.stdout.write(
-                    f"{r['type']:<9} {r['links']:>3} {r['size']:>14} "
+                    f"{r['type']:<14} {r['links']:>3} {r['size']:>14} "
                     f"{r['modified']}  {r['name']}{link}\n"
                 )
         else:
