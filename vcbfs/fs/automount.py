@@ -297,6 +297,16 @@ class VmFolder:
         found = None if ino == ROOT_INO or ino in self._by_ino else self._inside(ino)
         return found[1].try_open(found[2]) if found else None  # else the thread path says why
 
+    def report(self, ino: int, exc: VcbfsError, where: str = "") -> None:
+        """``Tree.report`` in the VM's tree, its path under the VM's name."""
+        found = None if ino == ROOT_INO or ino in self._by_ino else self._inside(ino)
+        if found is None:
+            log.error("%sinode %d: cannot be read: %s", where, ino, exc)
+            exc.reported = True
+            return
+        vm, tree, inner = found
+        tree.report(inner, exc, f"{where}{vm.dirname}/")
+
     def readlink(self, ino: int) -> str:
         found = self._split(ino)
         if found is None:

@@ -81,7 +81,7 @@ class Operations(pyfuse3.Operations):
         self.uid = uid
         self.gid = gid
         self._limiter = trio.CapacityLimiter(threads)
-        self._files: dict[int, tuple[ByteSource, object]] = {}
+        self._files: dict[int, tuple[ByteSource, object, int]] = {}  # source, hold, inode
         self._dirs: dict[int, tuple[list[tuple[bytes, Attr]], object]] = {}
         self._handles = itertools.count(1)
 
@@ -154,13 +154,22 @@ class Operations(pyfuse3.Operations):
     async def open(self, inode: int, flags: int, ctx: Any) -> Any:
         if flags & WRITE_FLAGS:
             raise pyfuse3.FUSEError(errno.EROFS)
-        # A file whose record the lookup just parsed opens right here, without a thread hop.
-        source = self.tree.try_open(inode)
-        if source is None:
-            source = await self._run(self.tree.open, inode)
+        try:
+            # A file whose record the lookup just parsed opens right here, without a thread hop.
+            source = self.tree.try_open(inode)
+            if source is None:
+                source = await self._run(self.tree.open, inode)
+        except VcbfsError as exc:
+            await self._report(inode, exc)
+            raise
         fh = next(self._handles)
-        self._files[fh] = (source, self.tree.hold(inode))
+        self._files[fh] = (source, self.tree.hold(inode), inode)
         return pyfuse3.FileInfo(fh=fh, keep_cache=True, direct_io=False)
+
+    async def _report(self, inode: int, exc: VcbfsError) -> None:
+        """A file that cannot be read is logged once, by its path (which may take reads)."""
+        if exc.errno == errno.EIO and not exc.reported:
+            await self._run(self.tree.report, inode, exc)
 
     @_guard
     async def read(self, fh: int, off: int, size: int) -> Buffer:
@@ -173,10 +182,14 @@ class Operations(pyfuse3.Operations):
         if found is None:
             raise pyfuse3.FUSEError(errno.EBADF)
         source = found[0]
-        data = source.try_read_at(off, size)
-        if data is not None:
-            return data
-        return await self._run(source.read_at, off, size)
+        try:
+            data = source.try_read_at(off, size)
+            if data is not None:
+                return data
+            return await self._run(source.read_at, off, size)
+        except VcbfsError as exc:
+            await self._report(found[2], exc)
+            raise
 
     @_guard
     async def release(self, fh: int) -> None:

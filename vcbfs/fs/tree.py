@@ -129,7 +129,7 @@ class Tree:
         for name in ("fullvm", "digits", "letters"):
             self._link(root, self._add(self._next_ino(), name))
         self._fullvm_done = False
-        self._reported: LRU[tuple[int, int], bool] = LRU(LISTING_CACHE)
+        self._reported: LRU[int, bool] = LRU(LISTING_CACHE)
         self._listings: LRU[int, list[tuple[str, Attr]]] = LRU(LISTING_CACHE, lambda v: len(v) + 1)
 
     # -- synthetic nodes -----------------------------------------------------------------
@@ -511,30 +511,34 @@ class Tree:
         return self._open_file(view, record, "")
 
     def _open_file(self, view: _View, record: int, stream: str) -> ByteSource:
-        """A file (or stream) of a volume; the first failure of each file is logged with its
-        path, so the log names what a backup could not take."""
-        vol = view.volume.ntfs()
-        try:
-            return vol.open(record, stream)
-        except VcbfsError as exc:
-            self.report(view, vol, record, stream, exc)
-            raise
+        return view.volume.ntfs().open(record, stream)
 
-    def report(
-        self, view: _View, vol: NtfsVolume, record: int, stream: str, exc: VcbfsError
-    ) -> None:
-        """Log, once per file, that it cannot be read and why; the error then marks itself
-        reported, so the FUSE adapter does not log it again."""
+    def report(self, ino: int, exc: VcbfsError, where: str = "") -> None:
+        """Log, once per file, that it cannot be read and why, naming its path in the mount
+        (after ``where``); the error is marked reported, so it is not logged again."""
         exc.reported = True
-        key = (view.key, record)
-        if self._reported.get(key):
+        if self._reported.get(ino):
             return
-        self._reported.put(key, True)
+        self._reported.put(ino, True)
+        log.error("%s%s: cannot be read: %s", where, self.describe(ino), exc)
+
+    def describe(self, ino: int) -> str:
+        """The path of an inode in the mount, as well as it can be told."""
         try:
-            path = posixpath.join(view.path, self._path_in_volume(vol, record))
+            if ino & STREAM_INO:
+                view, record, stream = self._stream_key(ino)
+                suffix = f":{stream}"
+            else:
+                found = self._view(ino)
+                if found is None:
+                    node = self._nodes.get(ino)
+                    return node.name if node is not None else f"inode {ino}"
+                view, record = found
+                suffix = ""
+            inside = self._path_in_volume(view.volume.ntfs(), record)
+            return posixpath.join(view.path, inside) + suffix
         except VcbfsError:
-            path = f"{view.path}: MFT record {record}"
-        log.error("%s%s: cannot be read: %s", path, f":{stream}" if stream else "", exc)
+            return f"inode {ino}"
 
     def try_open(self, ino: int) -> ByteSource | None:
         """``open`` when it needs no disk read (a parsed record, a small synthetic file).
