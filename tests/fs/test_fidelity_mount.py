@@ -198,6 +198,8 @@ def test_large_streams_are_listed_and_tar_takes_them(
             assert hashlib.sha256(member.read()).hexdigest() == info["sha256"], path
     for path, info in big.items():
         assert _sha256(root / path) == info["sha256"], path
+    catalog = (root.parent.parent / "fullvm/catalog").read_text()
+    assert f"volume1.streams_beside_files = {len(big)}\n" in catalog
 
 
 def test_fullvm_holds_the_disk_untouched(

@@ -42,11 +42,11 @@ from dataclasses import dataclass
 from vcbfs.blocks.lru import LRU
 from vcbfs.blocks.source import ByteSource
 from vcbfs.errors import NotADirectory, NotFoundError, VcbfsError
-from vcbfs.ntfs import wof
 from vcbfs.ntfs.attributes import FILETIME_EPOCH, filetime_ns
 from vcbfs.ntfs.volume import ROOT as NTFS_ROOT
 from vcbfs.ntfs.volume import DirEntry, NtfsStat, NtfsVolume
 from vcbfs.vm.image import VmImage, Volume
+from vcbfs.vm.streams import XATTR_SIZE_MAX, stream_forms
 
 __all__ = ["Attr", "Tree"]
 
@@ -58,13 +58,8 @@ RECORD_MASK = (1 << VIEW_SHIFT) - 1
 STREAM_INO = 1 << 62  # a named stream: (stream index + 1) << STREAM_SHIFT | its file's inode
 STREAM_SHIFT = 48
 STREAM_LIMIT = (1 << (62 - STREAM_SHIFT)) - 1  # streams of one file that get an inode
-XATTR_MAX = 65536  # the kernel's XATTR_SIZE_MAX, XATTR_NAME_MAX and XATTR_LIST_MAX
-XATTR_NAME_MAX = 255
-XATTR_LIST_MAX = 65536
 MAX_VIEWS = 256  # view keys fit 8 bits: a tree's inodes stay below 2**48
 LISTING_CACHE = 1 << 14  # directory entries kept with their attributes (about 300 bytes each)
-_META = ("ntfs_attrib_be", "ntfs_acl", "ntfs_times", "ntfs_reparse_data")
-_META_LIST = sum(len(f"user.{m}") + 1 for m in _META)  # the list room they take
 
 
 @dataclass(frozen=True, slots=True)
@@ -364,32 +359,6 @@ class Tree:
             st.changed,
         )
 
-    def _stream_forms(self, vol: NtfsVolume, record: int) -> tuple[list[str], list[str]]:
-        """The file's streams shown as xattrs, and those listed beside it as ``file:stream``.
-
-        A stream goes beside its file when the kernel could not pass it as an xattr: a value
-        over 64 KiB, a name over 255 bytes, a list over 64 KiB, any stream of a link (no
-        ``user.*`` there), or a name that one of the ntfs_* xattrs already takes.
-        """
-        st = vol.stat(record)
-        if not st.has_streams:
-            return [], []
-        link = st.reparse is not None and st.reparse.is_link
-        room = XATTR_LIST_MAX - _META_LIST
-        as_xattr: list[str] = []
-        beside: list[str] = []
-        for stream, size in vol.streams(record):
-            if stream == wof.STREAM and vol.is_wof(record):
-                continue  # the file's own content, decoded
-            name = len(f"user.{stream}".encode("utf-8", "surrogatepass"))
-            fits = size <= XATTR_MAX and name <= XATTR_NAME_MAX and name + 1 <= room
-            if link or stream in _META or not fits:
-                beside.append(stream)
-            else:
-                as_xattr.append(stream)
-                room -= name + 1
-        return as_xattr, beside
-
     def readdir(self, ino: int) -> list[tuple[str, Attr]]:
         """Entries in a fixed, sorted order (offsets index into it)."""
         self._ensure(ino)
@@ -456,7 +425,7 @@ class Tree:
             out += listing[done:after]
             done = after
             try:
-                beside = self._stream_forms(vol, record)[1]
+                beside = stream_forms(vol, record)[1]
                 for stream in beside:
                     shown = f"{name}:{stream}"
                     if shown.upper() in taken:
@@ -619,11 +588,11 @@ class Tree:
         def want(name: str) -> bool:
             return only is None or only == name
 
-        for stream in self._stream_forms(vol, record)[0]:
+        for stream in stream_forms(vol, record)[0]:
             name = f"user.{stream}"
             if want(name):
                 stream_data = self._open_file(view, record, stream) if values else None
-                out[name] = stream_data.read_at(0, XATTR_MAX) if stream_data else b""
+                out[name] = stream_data.read_at(0, XATTR_SIZE_MAX) if stream_data else b""
         if want(f"{ns}ntfs_attrib_be"):
             out[f"{ns}ntfs_attrib_be"] = struct.pack(">I", st.attributes)
         if want(f"{ns}ntfs_times"):

@@ -381,6 +381,25 @@ class NtfsVolume:
                 out[a.name] = a.size
         return sorted(out.items())
 
+    def streamed_records(self, first: int = FIRST_USER_RECORD) -> Iterator[int]:
+        """Every base record in use, from ``first``, that has named data streams: one lean
+        pass over the MFT (records that need it, or fail the lean read, are parsed whole;
+        one that cannot be read is yielded, so that the caller meets its error)."""
+        for number in range(first, self.mft.record_count):
+            try:
+                fields = self.mft.stat_fields(number)
+                if fields is not None:
+                    if fields[6]:
+                        yield number
+                    continue
+                rec, attrs = self.mft.attributes(number)
+            except (CorruptError, NotFoundError):
+                yield number
+                continue
+            named = any(a.type == AT.DATA and a.name for a in attrs)
+            if rec.in_use and not rec.is_extension and named:
+                yield number
+
     def reparse(self, number: int) -> Reparse | None:
         return self.stat(number).reparse
 

@@ -2,14 +2,17 @@
 
 ``fullvm/`` must be a VM that can be registered again: each disk becomes a monolithicFlat
 descriptor (``NAME.vmdk``) over its raw data (``NAME-flat.vmdk``), and the .vmx names those
-files.  The catalog says what the VM was made of, for the backup's own records.
+files.  The catalog says what the VM was made of, for the backup's own records, and how many
+named streams each volume shows as ``FILE:STREAM`` entries rather than xattrs.
 """
 
 from __future__ import annotations
 
 import re
 
-from vcbfs.vm.image import Disk, VmImage
+from vcbfs.errors import VcbfsError
+from vcbfs.vm.image import Disk, VmImage, Volume
+from vcbfs.vm.streams import count_beside
 from vcbfs.vm.vmx import parse_vmx, vmx_disks
 
 __all__ = ["catalog_text", "flat_descriptor", "rewrite_vmx"]
@@ -89,6 +92,16 @@ def rewrite_vmx(data: bytes, image: VmImage) -> bytes:
     return "".join(out).encode("utf-8", errors="surrogateescape")
 
 
+def _streams_beside(volume: Volume) -> str:
+    """How many named streams the mount lists as ``FILE:STREAM`` entries (too large or too
+    oddly named for an xattr): a backup of the tree holds them as files of their own."""
+    try:
+        beside, unreadable = count_beside(volume.ntfs())
+    except VcbfsError as exc:
+        return f"unknown ({exc})"
+    return f"{beside} ({unreadable} records unreadable)" if unreadable else str(beside)
+
+
 def catalog_text(image: VmImage) -> str:
     """A plain-text description of the VM, its disks (with their chains) and volumes."""
     lines = [f"vm.name = {image.name}"]
@@ -102,5 +115,6 @@ def catalog_text(image: VmImage) -> str:
     for v in image.volumes():
         where = f"partition {v.partition.number}" if v.partition else "whole disk"
         lines.append(f"volume{v.number} = disk{v.disk.index} {where} at {v.start}")
+        lines.append(f"volume{v.number}.streams_beside_files = {_streams_beside(v)}")
     lines += [f"note{i} = {note}" for i, note in enumerate(image.notes)]  # what was left out
     return "\n".join(lines) + "\n"
