@@ -392,12 +392,14 @@ class NtfsVolume:
                     if fields[6]:
                         yield number
                     continue
-                rec, attrs = self.mft.attributes(number)
+                rec = self.mft.record(number)
+                if not rec.in_use or rec.is_extension:
+                    continue
+                attrs = self.mft.attributes(number)[1]
             except (CorruptError, NotFoundError):
                 yield number
                 continue
-            named = any(a.type == AT.DATA and a.name for a in attrs)
-            if rec.in_use and not rec.is_extension and named:
+            if any(a.type == AT.DATA and a.name for a in attrs):
                 yield number
 
     def reparse(self, number: int) -> Reparse | None:
