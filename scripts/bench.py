@@ -5,6 +5,7 @@
     scripts/bench mount [--repeat N] [--only open,big,holes,tar,find] [--profile]
     scripts/bench vsphere [--size-mib N] [--repeat N]
     scripts/bench requests [--repeat N] [--count N]
+    scripts/bench compressed [--repeat N] [--json FILE]
 
 ``disk`` reads whole virtual disks into a file, with ``vcbfs disk cat IMG > out.raw``, with
 ``qemu-img convert -O raw IMG out.raw``, and with libvmdk's ``vmdkmount`` (mount, ``cat
@@ -22,10 +23,10 @@ one directory beside the images and are deleted after each run.  Once per image,
 each tool's output is compared with qemu-img's; a mismatch prints a FAIL line.  Timing never
 fails the run: targets are printed as PASS or "below".
 
-Other benchmarks (``ntfs``, ``mount``, ``vsphere``) are further subcommands: a ``register_*``
-function adds a parser whose ``run`` takes the parsed arguments, and uses the shared helpers
-below (``Bench`` for timing with cold caches, ``cached_build``, ``print_header``,
-``print_table``).
+Other benchmarks (``ntfs``, ``mount``, ``vsphere``, ``requests``, ``compressed``) are further
+subcommands: a ``register_*`` function adds a parser whose ``run`` takes the parsed arguments,
+and uses the shared helpers below (``Bench`` for timing with cold caches, ``cached_build``,
+``print_header``, ``print_table``).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -498,13 +500,14 @@ def bench_parser(
     doc: str | None,
     run: Callable[[argparse.Namespace], int],
     *,
+    repeat: int = 3,
     repeat_help: str = "runs per command (3)",
 ) -> argparse.ArgumentParser:
-    """A subcommand with the options every benchmark has (``--repeat``)."""
+    """A subcommand with the options every benchmark has (``--repeat``, default ``repeat``)."""
     p = verbs.add_parser(
         name, help=summary, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--repeat", type=positive, default=3, metavar="N", help=repeat_help)
+    p.add_argument("--repeat", type=positive, default=repeat, metavar="N", help=repeat_help)
     p.set_defaults(run=run)
     return p
 
@@ -1308,15 +1311,20 @@ class MountSide:
 
 
 class VcbfsSide(MountSide):
-    """``vcbfs mount VMX MNT``, commands in MNT/letters/F, then ``vcbfs umount MNT``."""
+    """``vcbfs mount VMX MNT``, commands in MNT/``inside``, then ``vcbfs umount MNT``.
+
+    ``inside`` is the volume's folder in the mount: letters/F for the test VM's reference
+    volume, digits/1 for a bare volume image mounted as it is.
+    """
 
     name = "vcbfs"
-    root = "MNT/letters/F"
 
-    def __init__(self, vmx: Path, mnt: Path) -> None:
+    def __init__(self, vmx: Path, mnt: Path, inside: str = "letters/F") -> None:
         self.exe = vcbfs_command()
         self.vmx = vmx
         self.mnt = mnt
+        self.inside = inside
+        self.root = f"MNT/{inside}"
         self.mnt.mkdir(parents=True, exist_ok=True)
         self.release()  # left over from an interrupted run
 
@@ -1327,7 +1335,7 @@ class VcbfsSide(MountSide):
         run([self.exe, "mount", self.vmx, self.mnt], stdin=subprocess.DEVNULL)
         try:
             pid = int(_pidfile(str(self.mnt)).read_text())
-            yield Mounted(self.mnt / "letters" / "F", pid)
+            yield Mounted(self.mnt / self.inside, pid)
         finally:
             self.release()
 
@@ -1416,22 +1424,23 @@ def time_task(bench: Bench, side: MountSide, task: MountTask) -> tuple[float, fl
 BARE = "no fs"  # the rows that use no file system: the machine's own limits
 
 
-def file_clusters(img: Any, rel: str) -> list[tuple[int, int]]:
-    """(byte offset, length) in the volume image of each allocated run of file ``rel``."""
+def file_clusters(img: Any, rel: str, stream_name: str = "") -> list[tuple[int, int]]:
+    """(byte offset, length) in the volume image of each allocated run of file ``rel`` (of its
+    named stream ``stream_name``, if given)."""
     from vcbfs.blocks.local import LocalSource
     from vcbfs.ntfs.volume import NtfsVolume
 
     with LocalSource(img.path) as image:
         volume = NtfsVolume(image)
-        stream = volume.open(volume.lookup(rel))
+        stream = volume.open(volume.lookup(rel), stream_name)
         cs = stream.cluster_size
         runs = stream.map.iter_range(0, -(-stream.size // cs))
         return [(lcn * cs, n * cs) for _vcn, n, lcn in runs if lcn is not None]
 
 
-def bare_big(img: Any) -> Callable[[], None]:
-    """Reading the big file's clusters from the image itself, 1 MiB at a time, in order."""
-    runs = file_clusters(img, img.big_file)
+def bare_read(img: Any, runs: list[tuple[int, int]]) -> Callable[[], None]:
+    """Reading ``runs`` (from ``file_clusters``) from the image itself, 1 MiB at a time, in
+    order."""
 
     def action() -> None:
         fd = os.open(img.path, os.O_RDONLY)
@@ -1474,6 +1483,15 @@ def tree_listing(root: Path) -> dict[str, tuple[str, int]]:
     return found
 
 
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file's content, read in 1 MiB pieces."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(MIB):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 @dataclass
 class SideCheck:
     big_sha256: str = ""
@@ -1488,11 +1506,7 @@ def check_side(side: MountSide, img: Any) -> SideCheck:
     tar = next(t for t in mount_tasks(img) if t.name == "tar")
     try:
         with side.mounted() as m:
-            h = hashlib.sha256()
-            with open(m.root / img.big_file, "rb") as f:
-                while chunk := f.read(MIB):
-                    h.update(chunk)
-            check.big_sha256 = h.hexdigest()
+            check.big_sha256 = file_sha256(m.root / img.big_file)
             check.listing = tree_listing(m.root)
             check.tar_bytes = int(run_task(tar, m.root).split()[0])
     except (CommandError, OSError, RuntimeError, ValueError, IndexError) as e:
@@ -1522,13 +1536,21 @@ def compare_sides(img: Any, checks: dict[str, SideCheck]) -> tuple[list[str], di
         return lines, verdict
     if all(x == "ok" for x in verdict.values()):
         lines.append(f"check: {img.big_file} has the manifest's sha256 on both sides")
-    only_v = sorted(v.listing.keys() - n.listing.keys())
+    # vcbfs lists streams an xattr cannot carry beside their file, as FILE:STREAM.
+    beside = {
+        f"{path}:{name}"
+        for path, e in img.entries.items()
+        for name, info in (e.get("streams") or {}).items()
+        if info["size"] > 65536
+    }
+    only_v = sorted(v.listing.keys() - n.listing.keys() - beside)
     only_n = sorted(n.listing.keys() - v.listing.keys())
     differ = sorted(k for k in v.listing.keys() & n.listing.keys() if v.listing[k] != n.listing[k])
     if not (only_v or only_n or differ):
         lines.append(
-            f"check: both trees list the same {len(v.listing):,} paths, with the same types "
-            "and file sizes (symlink targets, directory sizes and link counts differ by design)"
+            f"check: both trees list the same {len(n.listing):,} paths, with the same types "
+            "and file sizes (symlink targets, directory sizes and link counts differ by design); "
+            f"vcbfs also lists {len(beside & v.listing.keys())} large streams as FILE:STREAM"
         )
     else:
         verdict["vcbfs"] = "FAIL"
@@ -1617,7 +1639,7 @@ def run_mount(args: argparse.Namespace) -> int:
     with contextlib.ExitStack() as stack:
         bare: dict[str, Callable[[], None]] = {}
         if "big" in args.only:
-            bare["big"] = bare_big(img)
+            bare["big"] = bare_read(img, file_clusters(img, img.big_file))
         if "tar" in args.only:
             tar = next(t for t in tasks if t.name == "tar")
             copy = stack.enter_context(tmpfs_copy(img))
@@ -2550,6 +2572,441 @@ def run_requests(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------
+# scripts/bench compressed
+
+COMPRESSED_DOC = """\
+    scripts/bench compressed [--repeat N] [--json FILE]
+
+``compressed`` reads one 20 MiB file of mixed text and binary, stored four ways on the fidelity
+test volume of tests/ntfs/fidelityimages.py (a bare 1 GiB NTFS volume, built once and cached
+like the tests do): plain (bench/plain.bin, the reference row), NTFS LZNT1-compressed
+(bench/lznt1/file.bin), and as WOF "compact OS" files, LZX and XPRESS4K (bench/wof-lzx.bin,
+bench/wof-xpress4k.bin).  Side by side in one run, for each file:
+
+  vcbfs      ``cat FILE > /dev/null`` in MNT/digits/1 of ``vcbfs mount volume.img MNT``
+  ntfs-3g    the same in MNT of ``ntfs-3g -o ro volume.img MNT``.  ntfs-3g shows WOF files as
+             symlinks to "unsupported reparse tag": it has rows for plain and LZNT1 only
+  vcbfs API  vcbfs's reader in a running process, without FUSE (``python -c APICAT``, as in
+             ``bench ntfs``: open the volume, look the file up, copy it to /dev/null, timed
+             inside the process)
+
+and what the machine and the codecs allow (report only):
+
+  no fs      the file's stored clusters (a WOF file's: its WofCompressedData stream's) read
+             straight from volume.img, in order, in 1 MiB preads by this process: the disk's
+             speed, no file system, nothing decoded
+  decoder    the decoder alone, in this process, in one thread, from memory: every LZNT1
+             compression unit through ``vcbfs.ntfs.compression.lznt1_unit`` (units stored
+             plain are kept as they are), or a fresh ``vcbfs.ntfs.wof.WofStream`` over an
+             in-memory copy of the WofCompressedData stream, read in 1 MiB pieces.  The
+             mount and the API decode in several threads (the codecs release the GIL), so
+             they can beat this row on a machine with idle cores
+
+The FUSE floor (``bench requests``'s do-nothing pyfuse3 + trio server) is not measured: that
+server holds one 1-byte file, not 20 MiB; the run says so.
+
+Each vcbfs and ntfs-3g run mounts afresh, stats the volume's root, drops the page cache, times
+``cat`` (process start-up included) and unmounts, untimed, as ``bench mount`` does; the other
+rows drop the page cache before each run too.  Runs are interleaved (the two mounts alternate
+in order) and repeated N times (default 5); the table shows the best and the median.  MB/s is
+the file's size (10^6 bytes per MB) over the seconds in every row, also where fewer bytes are
+stored.  vcbfs/ntfs-3g = this row's MB/s / ntfs-3g's for the same file; vs plain = this row's
+MB/s / the same tool's for plain.bin.  The target, printed as met or not met and never
+asserted: vcbfs reads the LZNT1 file at >= 0.8x ntfs-3g's MB/s.
+
+Before timing, every tool reads every file once (one mount per side), and the sha256 of what
+it read (the decoders' output too) is checked against the manifest's: a wrong answer is FAIL
+and is not timed.  ``--json FILE`` also writes every run's figures as JSON.
+"""
+
+COMPRESSED_TARGET = 0.8  # vcbfs MB/s over ntfs-3g's for the LZNT1 file, at least
+COMPRESSED_FILES = ("plain", "lznt1", "wof-lzx", "wof-xpress4k")  # FidelityImage.bench keys
+VCBFS_API = "vcbfs API"
+DECODER = "decoder"
+NOTHING_SKIPPED = (
+    "the FUSE floor: bench requests' do-nothing pyfuse3 + trio server holds one 1-byte file, "
+    "it cannot serve a 20 MiB one"
+)
+
+
+def fidelity_fixture() -> Any:
+    """The cached fidelity volume (a ``FidelityImage``), built as the tests build it."""
+    tests_importable()
+    from tests.ntfs.fidelityimages import build_fidelity_image, fidelity_cache_dir
+
+    root = fidelity_cache_dir()
+    if not (root / ".complete").exists():
+        log(f"building the fidelity test volume in {root} (once; about 15 s)")
+    return build_fidelity_image(root)
+
+
+def lznt1_decoder(img: Any, rel: str) -> tuple[Callable[[], bytes], str]:
+    """Decoding file ``rel``'s compression units, read into memory first, with ``lznt1_unit``;
+    and a description of the units."""
+    from vcbfs.blocks.local import LocalSource
+    from vcbfs.ntfs.compression import lznt1_unit
+    from vcbfs.ntfs.stream import AttributeStream
+    from vcbfs.ntfs.volume import NtfsVolume
+
+    with LocalSource(img.path) as image:
+        volume = NtfsVolume(image)
+        stream = volume.open(volume.lookup(rel))
+        if not isinstance(stream, AttributeStream) or not stream.unit:
+            raise RuntimeError(f"{rel} is not an LZNT1-compressed file")
+        cs, unit, size, end = stream.cluster_size, stream.unit, stream.size, stream.map.end_vcn
+        per = unit // cs
+        units: list[tuple[bytes, bool]] = []  # (the unit's stored clusters, compressed)
+        for vcn in range(0, end, per):
+            runs = stream.map.iter_range(vcn, min(per, end - vcn))
+            stored = b"".join(
+                image.read_at(lcn * cs, n * cs) for _v, n, lcn in runs if lcn is not None
+            )
+            units.append((stored, len(stored) < per * cs))
+
+    def decode() -> bytes:
+        parts = [lznt1_unit(data, unit, rel) if packed else data for data, packed in units]
+        return b"".join(parts)[:size]
+
+    packed = sum(1 for data, p in units if p and data)  # none stored: a hole, no decoding
+    return decode, f"lznt1_unit on {packed} of {len(units)} units, one thread"
+
+
+def wof_decoder(img: Any, rel: str) -> tuple[Callable[[], bytes], str]:
+    """Reading file ``rel`` through a ``WofStream`` over an in-memory copy of its
+    WofCompressedData stream, 1 MiB at a time; and a description."""
+    from vcbfs.blocks.local import LocalSource
+    from vcbfs.ntfs import wof
+    from vcbfs.ntfs.stream import ResidentStream
+    from vcbfs.ntfs.volume import NtfsVolume
+
+    with LocalSource(img.path) as image:
+        volume = NtfsVolume(image)
+        number = volume.lookup(rel)
+        st = volume.stat(number)
+        if st.reparse is None:
+            raise RuntimeError(f"{rel} is not a WOF file")
+        info = wof.parse_wof(st.reparse.data, rel)
+        raw = volume.open(number, wof.STREAM)
+        packed = raw.read_at(0, raw.size)
+
+    def decode() -> bytes:
+        stream = wof.WofStream(ResidentStream(packed, rel), st.size, info.algorithm, rel)
+        return b"".join(stream.read_at(at, MIB) for at in range(0, st.size, MIB))
+
+    return decode, f"WofStream ({info.algorithm_name}), 1 MiB reads, one thread"
+
+
+def discard(produce: Callable[[], bytes]) -> Callable[[], None]:
+    """``produce`` as a timed action: its output is made, then dropped."""
+
+    def action() -> None:
+        produce()
+
+    return action
+
+
+def check_mounted_reads(
+    side: MountSide, img: Any, results: Mapping[tuple[str, str], Result]
+) -> None:
+    """One untimed mount of ``side``: each bench file's sha256 against the manifest's."""
+    mine = side.name == VcbfsSide.name
+    try:
+        with side.mounted() as m:
+            for key in COMPRESSED_FILES:
+                rel, r = img.bench[key], results[key, side.name]
+                path = m.root / rel
+                try:
+                    got = file_sha256(path)
+                except OSError as e:
+                    r.skipped = (
+                        f"shows a symlink to {os.readlink(path)!r}"
+                        if path.is_symlink()
+                        else f"cannot read it ({e.strerror})"
+                    )
+                    r.verified = "FAIL" if mine else ""
+                    log(f"check {key} {side.name}: {r.skipped}")
+                    continue
+                judge_sha256(key, side.name, got, img, r)
+    except (CommandError, RuntimeError, OSError) as e:
+        for key in COMPRESSED_FILES:
+            results[key, side.name].skipped = f"cannot mount: {e}"
+            results[key, side.name].verified = "FAIL" if mine else ""
+        log(f"check {side.name}: {e}")
+
+
+def judge_sha256(key: str, tool: str, got: str, img: Any, r: Result) -> None:
+    """``r`` is ok if ``got`` is the manifest's sha256 of the bench file, else FAIL (not timed)."""
+    want = str(img.entries[img.bench[key]]["sha256"])
+    r.verified = "ok" if got == want else "FAIL"
+    if got != want:
+        r.skipped = f"sha256 {got[:12]}..., the manifest has {want[:12]}..."
+        log(f"FAIL {key} {tool}: {r.skipped}")
+
+
+@dataclass
+class CompressedRow:
+    key: str  # of FidelityImage.bench
+    tool: str  # a mount side's name, VCBFS_API, BARE or DECODER
+    shown: str
+    result: MountResult
+    timed: Callable[[Bench], float] | None = None  # one timed run (None: a mount side's)
+
+
+def compressed_rows(
+    img: Any, sides: Sequence[MountSide], work: Path
+) -> tuple[list[CompressedRow], list[Job], dict[str, Callable[[], bytes]]]:
+    """The table's rows in order, the API rows' jobs, and each decoder row's producer."""
+    rows: list[CompressedRow] = []
+    jobs: list[Job] = []
+    producers: dict[str, Callable[[], bytes]] = {}
+    for key in COMPRESSED_FILES:
+        rel = img.bench[key]
+        rows += [CompressedRow(key, s.name, "cat FILE > /dev/null", MountResult()) for s in sides]
+        report = work / f"api-{key}.txt"
+        api_result = MountResult()
+        api = Job(
+            part="big",
+            scope=rel,
+            tool=VCBFS_API,
+            argv=[venv_python(), "-c", APICAT, str(img.path), rel, str(report)],
+            shown="API: open volume, lookup, copy out",
+            expect=sha256_is(str(img.entries[rel]["sha256"])),
+            to_null=True,
+            reports=str(report),
+            result=api_result,
+        )
+        jobs.append(api)
+        timed_api = functools.partial(time_job, job=api, image=img.path)
+        rows.append(CompressedRow(key, VCBFS_API, api.shown, api_result, timed_api))
+        wof_file = key.startswith("wof-")
+        runs = file_clusters(img, rel, "WofCompressedData" if wof_file else "")
+        stored = sum(n for _offset, n in runs)
+        what = "WofCompressedData's" if wof_file else "its"
+        shown = f"{what} {stored / MB:.1f} MB of clusters, 1 MiB preads"
+        bare = functools.partial(Bench.time, action=bare_read(img, runs))
+        rows.append(CompressedRow(key, BARE, shown, MountResult(verified="-"), bare))
+        if key == "plain":
+            continue
+        produce, shown = wof_decoder(img, rel) if wof_file else lznt1_decoder(img, rel)
+        producers[key] = produce
+        decode = functools.partial(Bench.time, action=discard(produce))
+        rows.append(CompressedRow(key, DECODER, shown, MountResult(), decode))
+    return rows, jobs, producers
+
+
+def register_compressed(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = bench_parser(
+        verbs,
+        "compressed",
+        "compressed files (NTFS LZNT1, WOF LZX and XPRESS4K): vcbfs mount vs ntfs-3g, the limits",
+        COMPRESSED_DOC,
+        run_compressed,
+        repeat=5,
+        repeat_help="runs per row (5)",
+    )
+    p.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON")
+
+
+def run_compressed(args: argparse.Namespace) -> int:
+    from vcbfs.errors import VcbfsError
+
+    need_tools("ntfs-3g", "umount", "fusermount3", "cat")
+    started = time.perf_counter()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    img = fidelity_fixture()
+    sides: list[MountSide] = [
+        VcbfsSide(img.path, bench_dir() / "mnt-compressed", inside="digits/1"),
+        Ntfs3gSide(img.path),
+    ]
+    work = Path(tempfile.mkdtemp(prefix="vcbfs-bench-compressed-"))
+    try:
+        rows, jobs, producers = compressed_rows(img, sides, work)
+        results = {(row.key, row.tool): row.result for row in rows}
+        for side in sides:
+            check_mounted_reads(side, img, results)
+        for job in jobs:
+            check_job(job, img.path)
+        for key, produce in producers.items():
+            r = results[key, DECODER]
+            try:
+                judge_sha256(key, DECODER, hashlib.sha256(produce()).hexdigest(), img, r)
+            except VcbfsError as e:
+                r.verified, r.skipped = "FAIL", f"failed: {e}"
+                log(f"FAIL {key} {DECODER}: {e}")
+        bench = Bench(args.repeat)
+        for rep in range(args.repeat):
+            order = sides if rep % 2 == 0 else sides[::-1]
+            for key in COMPRESSED_FILES:
+                rel = img.bench[key]
+                task = MountTask(key, ("cat", rel), f"cat {rel} > /dev/null", to_null=True)
+                for side in order:
+                    time_side(bench, side, task, results[key, side.name], rep)
+                for row in rows:
+                    if row.key == key and row.timed is not None and not row.result.skipped:
+                        t = row.timed(bench)
+                        row.result.times.append(t)
+                        log(f"{key} {row.tool} run {rep + 1}: {t:.3f} s")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    size = int(img.entries[img.bench["plain"]]["size"])
+    figures = compressed_figures(rows, img)
+    failed = [f for f in figures if f["verified"] == "FAIL"]
+    if not failed:
+        check = "every tool's bytes, where it could read the file, have the manifest's sha256"
+    else:
+        check = f"FAIL: {len(failed)} rows read wrong bytes or could not read (see below)"
+    extra = [
+        f"versions: {compressed_tool_versions()}",
+        f"volume: {img.path} ({img.path.stat().st_size // MIB} MiB bare NTFS volume); "
+        f"each file {size:,} bytes, the same mixed content four ways",
+        "vcbfs: vcbfs mount IMG MNT, FILE in MNT/digits/1; ntfs-3g: ntfs-3g -o ro IMG MNT",
+        f"timing: best and median of {args.repeat} runs, interleaved; mount rows: a fresh "
+        "mount per run whose root was stat'ed, page cache dropped, cat timed (process start "
+        "included), mount and unmount not timed; other rows: page cache dropped, then timed",
+        "MB/s = file bytes / 10^6 / s in every row (also where fewer bytes are stored); "
+        "vcbfs/ntfs-3g = MB/s / ntfs-3g's MB/s for that file; vs plain = MB/s / the same "
+        "tool's MB/s for plain.bin",
+        "server CPU: user + system seconds of the file system's process during the best run",
+        "no fs: the stored clusters read from volume.img by this process; decoder: the codec "
+        "alone on the stored bytes, in memory, in this process (see --help)",
+        f"check: {check}",
+        f"not measured: {NOTHING_SKIPPED}",
+    ]
+    print_header("vcbfs bench compressed", bench, extra)
+    print_compressed_table(figures)
+    print()
+    lznt1 = next(f for f in figures if f["file"] == "lznt1" and f["tool"] == VcbfsSide.name)
+    print(target_line(lznt1, args.repeat))
+    for f in figures:
+        if f["verified"] == "FAIL":
+            print(f"FAIL {f['path']} {f['tool']}: {f['skipped'] or 'wrong bytes'}")
+    whole = time.perf_counter() - started
+    if args.json:
+        doc = {
+            "benchmark": "compressed",
+            "date": datetime.now().astimezone().isoformat(timespec="seconds"),
+            "machine": machine_line(),
+            "load_average": {"start": bench.load_at_start, "end": load_average()},
+            "cold_cache": bench.cold,
+            "repeat": args.repeat,
+            "versions": compressed_tool_versions(),
+            "volume": str(img.path),
+            "file_bytes": size,
+            "target": {
+                "lznt1_vcbfs_over_ntfs3g": COMPRESSED_TARGET,
+                "best": lznt1.get("vs_ntfs3g"),
+                "median": lznt1.get("median_vs_ntfs3g"),
+                "met": lznt1.get("met"),
+            },
+            "not_measured": {"fuse_floor": NOTHING_SKIPPED},
+            "rows": figures,
+            "whole_run_s": round(whole, 1),
+        }
+        args.json.write_text(json.dumps(doc, indent=2) + "\n")
+        print(f"json: {args.json}")
+    print(f"whole run: {whole:.0f} s", flush=True)
+    return 0
+
+
+def compressed_tool_versions() -> str:
+    import pyfwnt
+
+    vcbfs = first_line([vcbfs_command(), "--version"])
+    ntfs3g = first_line(["ntfs-3g", "--version"]).split(" integrated")[0]
+    wimlib = first_line(["wimlib-imagex", "--version"]).partition("(using ")[2].rstrip(")")
+    return f"{vcbfs}, {ntfs3g}, libfwnt {pyfwnt.get_version()}, {wimlib or 'wimlib ?'}"
+
+
+def compressed_figures(rows: list[CompressedRow], img: Any) -> list[dict[str, Any]]:
+    """Each row's figures (seconds, MB/s, ratios, the target's verdict), as the table and the
+    JSON show them."""
+    size = int(img.entries[img.bench["plain"]]["size"])
+    by = {(row.key, row.tool): row.result for row in rows}
+    figures = []
+    for row in rows:
+        r = row.result
+        f: dict[str, Any] = {
+            "file": row.key,
+            "path": img.bench[row.key],
+            "tool": row.tool,
+            "command": row.shown,
+            "verified": r.verified,
+            "skipped": r.skipped,
+            "times_s": [round(t, 6) for t in r.times],
+        }
+        figures.append(f)
+        if not r.times:
+            continue
+        f.update(best_s=r.best, median_s=r.median)
+        f.update(mb_s=size / MB / r.best, median_mb_s=size / MB / r.median)
+        if row.timed is None:
+            f.update(server_cpu_s=[round(c, 3) for c in r.cpu], best_run_server_cpu_s=r.best_cpu)
+        peer = by.get((row.key, Ntfs3gSide.name))
+        if row.tool != Ntfs3gSide.name and peer is not None and peer.times:
+            f.update(vs_ntfs3g=peer.best / r.best, median_vs_ntfs3g=peer.median / r.median)
+        plain = by.get(("plain", row.tool))
+        if row.key != "plain" and plain is not None and plain.times:
+            f.update(vs_plain=plain.best / r.best, median_vs_plain=plain.median / r.median)
+        if row.key == "lznt1" and row.tool == VcbfsSide.name and "vs_ntfs3g" in f:
+            f.update(target=COMPRESSED_TARGET, met=f["vs_ntfs3g"] >= COMPRESSED_TARGET)
+    return figures
+
+
+def target_line(lznt1: dict[str, Any], repeat: int) -> str:
+    if "met" not in lznt1:
+        return f"target: LZNT1 through vcbfs >= {COMPRESSED_TARGET:.1f}x ntfs-3g: not measured"
+    verdict = "met" if lznt1["met"] else "not met"
+    return (
+        f"target: LZNT1 through vcbfs at {lznt1['vs_ntfs3g']:.2f}x ntfs-3g's MB/s (best of "
+        f"{repeat}; medians {lznt1['median_vs_ntfs3g']:.2f}x): >= {COMPRESSED_TARGET:.1f}x "
+        f"{verdict}"
+    )
+
+
+def print_compressed_table(figures: list[dict[str, Any]]) -> None:
+    headers = [
+        "file",
+        "tool",
+        "command",
+        "best s",
+        "median s",
+        "MB/s",
+        "median MB/s",
+        "server CPU s",
+        "vcbfs/ntfs-3g",
+        "vs plain",
+        "target",
+        "output",
+    ]
+    limits = {BARE: "the disk's limit", DECODER: "the codec's limit", VCBFS_API: "no FUSE"}
+    rows = []
+    for f in figures:
+        head = [f["path"], f["tool"], f["command"]]
+        if "best_s" not in f:
+            rows.append([*head, *["-"] * 5, "", "", "", f"skipped: {f['skipped'] or 'not run'}"])
+            continue
+        target = limits.get(f["tool"], "")
+        if "met" in f:
+            target = f">={f['target']:.1f}x {'met' if f['met'] else 'not met'}"
+        rows.append(
+            [
+                *head,
+                f"{f['best_s']:.3f}",
+                f"{f['median_s']:.3f}",
+                f"{f['mb_s']:.0f}",
+                f"{f['median_mb_s']:.0f}",
+                f"{f['best_run_server_cpu_s']:.2f}" if "server_cpu_s" in f else "-",
+                f"{f['vs_ntfs3g']:.2f}x" if "vs_ntfs3g" in f else "",
+                f"{f['vs_plain']:.2f}x" if "vs_plain" in f else "",
+                target,
+                f["verified"],
+            ]
+        )
+    print_table(headers, rows, left=3)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="scripts/bench",
@@ -2561,6 +3018,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     register_mount(verbs)
     register_vsphere(verbs)
     register_requests(verbs)
+    register_compressed(verbs)
     args = parser.parse_args(argv)
     return int(args.run(args))
 
