@@ -94,10 +94,8 @@ measured here):
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
 import fcntl
-import functools
 import hashlib
 import json
 import logging
@@ -117,12 +115,19 @@ import pyfwnt
 
 from tests.images import cache_dir, run
 from tests.ntfs.ntfsimages import (
+    CLUSTER,
+    GIB,
+    KIB,
+    MIB,
+    SECTOR,
     lgetxattr,
     mount_point_reparse_data,
     ntfs3g_mounted,
     ntfsinfo_runs,
     symlink_reparse_data,
 )
+from vcbfs.errors import CorruptError
+from vcbfs.ntfs.compression import lzx_chunk, xpress_huffman_chunk
 
 __all__ = [
     "ALGORITHMS",
@@ -150,11 +155,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-KIB = 1 << 10
-MIB = 1 << 20
-GIB = 1 << 30
-CLUSTER = 4096
-SECTOR = 512
 VOLUME_SIZE = GIB
 LABEL = "VCBFS-FIDELITY"
 
@@ -428,48 +428,19 @@ def _big_content(distinct: dict[int, bytes]) -> Iterator[bytes]:
 
 # --- chunk codecs: wimlib's (the reference) and libfwnt's ------------------------------------
 
-_WIMLIB_TYPES = {"XPRESS": 1, "LZX": 2}
-_wimlib_decoders: dict[tuple[str, int], ctypes.c_void_p] = {}
-
-
-@functools.cache
-def _wimlib() -> ctypes.CDLL:
-    """libwim (Debian's wimtools), loaded on first use."""
-    lib = ctypes.CDLL("libwim.so.15")
-    lib.wimlib_create_decompressor.argtypes = [
-        ctypes.c_int,
-        ctypes.c_size_t,
-        ctypes.POINTER(ctypes.c_void_p),
-    ]
-    lib.wimlib_decompress.argtypes = [
-        ctypes.c_char_p,
-        ctypes.c_size_t,
-        ctypes.c_void_p,
-        ctypes.c_size_t,
-        ctypes.c_void_p,
-    ]
-    return lib
-
 
 def wimlib_decompress(algorithm: str, data: bytes, size: int) -> bytes:
-    """One chunk decoded by wimlib's own decompressor (libwim.so.15, through ctypes).
+    """One chunk decoded by wimlib's own decompressor (libwim.so.15), through vcbfs's wrapper.
 
     wimlib is the reference here: Windows reads the WOF files it writes, and ntfs-3g's
     system-compression plugin decodes with its code.  Raises OSError if the chunk is invalid.
     """
     alg = ALGORITHMS[algorithm]
-    key = (alg.wimlib, alg.chunk_size)
-    if key not in _wimlib_decoders:
-        handle = ctypes.c_void_p()
-        if _wimlib().wimlib_create_decompressor(
-            _WIMLIB_TYPES[alg.wimlib], alg.chunk_size, ctypes.byref(handle)
-        ):
-            raise OSError(f"wimlib: no {alg.wimlib} decompressor")
-        _wimlib_decoders[key] = handle
-    out = ctypes.create_string_buffer(size)
-    if _wimlib().wimlib_decompress(data, len(data), out, size, _wimlib_decoders[key]):
-        raise OSError(f"wimlib: invalid {algorithm} chunk")
-    return out.raw
+    decode = lzx_chunk if alg.wimlib == "LZX" else xpress_huffman_chunk
+    try:
+        return decode(data, size, alg.chunk_size)
+    except CorruptError as exc:
+        raise OSError(f"wimlib: invalid {algorithm} chunk: {exc}") from None
 
 
 def libfwnt_decompress(algorithm: str, data: bytes, size: int) -> bytes:
