@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import posixpath
 import random
 import stat
 import subprocess
@@ -23,6 +24,7 @@ import pytest
 
 from tests.fs.test_mount import _foreground, _Served
 from tests.ntfs.fidelityimages import FidelityImage
+from vcbfs.vm.streams import beside_name
 
 
 @pytest.fixture(scope="module")
@@ -178,11 +180,17 @@ def test_large_streams_are_listed_and_tar_takes_them(
 ) -> None:
     hosts = {p: e["streams"] for p, e in fidelity_image.entries.items() if e.get("streams")}
     big = {
-        f"{p}:{name}": info
+        posixpath.join(posixpath.dirname(p), beside_name(posixpath.basename(p), name)): info
         for p, streams in hosts.items()
         for name, info in streams.items()
         if info["size"] > 65536 or len(f"user.{name}".encode()) > 255
     }
+    for path in big:  # every name an agent can create again (NAME_MAX)
+        assert len(posixpath.basename(path).encode()) <= 255, path
+    cut = [p for p in big if p.rsplit("~", 1)[-1].isalnum() and ":" in p and "~" in p]
+    assert len(cut) == 1  # the stream with a 200-character name: listed under a short name
+    full = os.getxattr(root / cut[0], "user.ntfs_stream_name").decode()
+    assert full.startswith("long-name.bin:") and len(full.encode()) > 255
     assert any(info["size"] == 100 * 1024 for info in big.values())
     assert not any(name.endswith(":stream-65536") for name in big)  # exactly 64 KiB: an xattr
     archive = tmp_path / "streams.tar"

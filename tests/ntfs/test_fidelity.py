@@ -156,7 +156,13 @@ def test_a_damaged_chunk_names_it_and_the_chunks_before_it_read(
     assert len(damaged) >= 3
     for path in damaged:
         e = fidelity_image.entries[path]
-        src = vol.open(vol.lookup(path))
+        number = vol.lookup(path)
+        if "bad-table" in path:  # the whole table is checked when the file opens
+            with pytest.raises(CorruptError, match=f"chunk {e['bad_chunk']}") as exc:
+                vol.open(number)
+            assert f"record {e['ino']}" in str(exc.value)
+            continue
+        src = vol.open(number)
         with pytest.raises(CorruptError, match=f"chunk {e['bad_chunk']}") as exc:
             src.read_at(0, src.size)
         assert f"record {e['ino']}" in str(exc.value)

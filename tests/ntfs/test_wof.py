@@ -39,6 +39,7 @@ def _stream(data: bytes, algorithm: str) -> WofStream:
 def test_reads_back_at_any_offset(algorithm: str, size: int) -> None:
     data = _content(size, size)
     wof = _stream(data, algorithm)
+    wof.check_table()
     assert wof.size == size and wof.read_at(0, size + 100) == data
     rng = random.Random(size)
     for _ in range(40):
@@ -112,6 +113,8 @@ def test_a_damaged_chunk_table_is_an_error_naming_the_chunk(damage: object, matc
     wof = WofStream(MemorySource(bytes(stream)), len(data), 0, "f")
     with pytest.raises(CorruptError, match=match):
         wof.read_at(0, len(data))
+    with pytest.raises(CorruptError, match=match):
+        wof.check_table()  # what opening the file does
     assert wof.read_at(6 * 4096, 100) == data[6 * 4096 : 6 * 4096 + 100]
 
 

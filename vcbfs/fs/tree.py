@@ -42,11 +42,11 @@ from dataclasses import dataclass
 from vcbfs.blocks.lru import LRU
 from vcbfs.blocks.source import ByteSource
 from vcbfs.errors import NotADirectory, NotFoundError, VcbfsError
-from vcbfs.ntfs.attributes import FILETIME_EPOCH, filetime_ns
+from vcbfs.ntfs.attributes import FILETIME_EPOCH, NS_DOS, filetime_ns
 from vcbfs.ntfs.volume import ROOT as NTFS_ROOT
 from vcbfs.ntfs.volume import DirEntry, NtfsStat, NtfsVolume
 from vcbfs.vm.image import VmImage, Volume
-from vcbfs.vm.streams import XATTR_SIZE_MAX, stream_forms
+from vcbfs.vm.streams import XATTR_SIZE_MAX, beside_name, stream_forms
 
 __all__ = ["Attr", "Tree"]
 
@@ -54,7 +54,6 @@ log = logging.getLogger(__name__)
 
 ROOT_INO = 1
 VIEW_SHIFT = 40
-RECORD_MASK = (1 << VIEW_SHIFT) - 1
 STREAM_INO = 1 << 62  # a named stream: (stream index + 1) << STREAM_SHIFT | its file's inode
 STREAM_SHIFT = 48
 STREAM_LIMIT = (1 << (62 - STREAM_SHIFT)) - 1  # streams of one file that get an inode
@@ -322,7 +321,14 @@ class Tree:
             base, colon, stream = name.partition(":")
             if not colon:
                 raise
-            return self._stream_attr(view, vol.child(record, base).record, stream)
+            try:
+                return self._stream_attr(view, vol.child(record, base).record, stream)
+            except NotFoundError:
+                # A stream listed under a shortened name (see vm/streams.py): as listed.
+                for listed, attr in self._listing(parent):
+                    if listed == name and attr.ino & STREAM_INO:
+                        return attr
+                raise
         return self.getattr((view.key << VIEW_SHIFT) | entry.record)
 
     def _stream_key(self, ino: int) -> tuple[_View, int, str]:
@@ -340,13 +346,13 @@ class Tree:
     def _stream_attr(self, view: _View, record: int, stream: str) -> Attr:
         """A ``file:stream`` name: a regular file with an inode derived from its file's."""
         vol = view.volume.ntfs()
-        names = [name for name, _size in vol.streams(record)]
-        if stream not in names:
+        sizes = dict(vol.streams(record))  # sorted by name: the index is stable
+        if stream not in sizes:
             raise NotFoundError(f"no stream {stream!r}")
-        index = names.index(stream) + 1
+        index = list(sizes).index(stream) + 1
         if index > STREAM_LIMIT:
             raise NotFoundError(f"stream {stream!r} is past the {STREAM_LIMIT} a file can show")
-        size = dict(vol.streams(record))[stream]
+        size = sizes[stream]
         st = vol.stat(record)
         return Attr(
             STREAM_INO | index << STREAM_SHIFT | view.key << VIEW_SHIFT | record,
@@ -427,7 +433,7 @@ class Tree:
             try:
                 beside = stream_forms(vol, record)[1]
                 for stream in beside:
-                    shown = f"{name}:{stream}"
+                    shown = beside_name(name, stream)
                     if shown.upper() in taken:
                         log.error(
                             "%s: stream %r of %r is not listed: the directory has an entry "
@@ -465,7 +471,7 @@ class Tree:
     def open(self, ino: int) -> ByteSource:
         if ino & STREAM_INO:
             view, record, stream = self._stream_key(ino)
-            return self._open_file(view, record, stream)
+            return view.volume.ntfs().open(record, stream)
         found = self._view(ino)
         if found is None:
             node = self._nodes.get(ino)
@@ -477,10 +483,7 @@ class Tree:
 
             return ResidentStream(node.data or b"", node.name)
         view, record = found
-        return self._open_file(view, record, "")
-
-    def _open_file(self, view: _View, record: int, stream: str) -> ByteSource:
-        return view.volume.ntfs().open(record, stream)
+        return view.volume.ntfs().open(record)
 
     def report(self, ino: int, exc: VcbfsError, where: str = "") -> None:
         """Log, once per file, that it cannot be read and why, naming its path in the mount
@@ -559,6 +562,18 @@ class Tree:
                 break
         return "/".join(reversed(parts))
 
+    def _stream_xattrs(self, ino: int) -> dict[str, bytes]:
+        """A stream entry listed under a shortened name carries its whole name,
+        ``FILE:STREAM``, as ``user.ntfs_stream_name`` (one of the file's names)."""
+        view, record, stream = self._stream_key(ino)
+        names = [n for n in view.volume.ntfs().names(record) if n.namespace != NS_DOS]
+        if not names:
+            return {}
+        full = f"{names[0].name}:{stream}"
+        if beside_name(names[0].name, stream) == full:
+            return {}
+        return {"user.ntfs_stream_name": full.encode("utf-8", "surrogatepass")}
+
     def listxattr(self, ino: int, *, privileged: bool = True) -> list[str]:
         """The xattrs ``getxattr`` gives; a link's (``trusted.*``) only to a ``privileged``
         caller, the only one the kernel lets read them."""
@@ -573,7 +588,9 @@ class Tree:
     def _xattrs(
         self, ino: int, *, values: bool, only: str | None = None, privileged: bool = True
     ) -> dict[str, bytes]:
-        found = self._view(ino) if not ino & STREAM_INO else None
+        if ino & STREAM_INO:
+            return self._stream_xattrs(ino)
+        found = self._view(ino)
         if found is None:
             return {}
         view, record = found
@@ -591,7 +608,7 @@ class Tree:
         for stream in stream_forms(vol, record)[0]:
             name = f"user.{stream}"
             if want(name):
-                stream_data = self._open_file(view, record, stream) if values else None
+                stream_data = vol.open(record, stream) if values else None
                 out[name] = stream_data.read_at(0, XATTR_SIZE_MAX) if stream_data else b""
         if want(f"{ns}ntfs_attrib_be"):
             out[f"{ns}ntfs_attrib_be"] = struct.pack(">I", st.attributes)

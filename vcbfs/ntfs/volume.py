@@ -320,19 +320,22 @@ class NtfsVolume:
 
     def open(self, number: int, stream: str = "") -> ByteSource:
         """The unnamed data of a file, or its named stream ``stream``."""
-        return self._open(self._node(number), number, stream)
+        source = self._open(self._node(number), number, stream)
+        assert source is not None
+        return source
 
     def try_open(self, number: int, stream: str = "") -> ByteSource | None:
-        """``open`` if the file's record is parsed already (no disk read); else None."""
+        """``open`` if the file's record is parsed already (no disk read); else None (and
+        always for a WOF file, whose chunk table is read when it opens)."""
         node = self._nodes.get(number)
         if node is None:
             found = self.mft.try_attributes(number)
             if found is None:
                 return None
             node = self._make_node(number, *found)
-        return self._open(node, number, stream)
+        return self._open(node, number, stream, wait=False)
 
-    def _open(self, node: _Node, number: int, stream: str) -> ByteSource:
+    def _open(self, node: _Node, number: int, stream: str, wait: bool = True) -> ByteSource | None:
         extents = node.find(AT.DATA, stream)
         if not extents:
             what = f"stream {stream!r}" if stream else "data"
@@ -349,7 +352,7 @@ class NtfsVolume:
             st = node.stat
             if st.reparse is not None:
                 if st.reparse.tag == TAG_WOF:
-                    return self._open_wof(node, st, label)
+                    return self._open_wof(node, st, label) if wait else None
                 why = missing_data(st.reparse, st.attributes, st.size, st.allocated)
                 if why is not None:
                     raise UnavailableError(why, source=label)
@@ -364,7 +367,9 @@ class NtfsVolume:
         packed = self._stream(node, AT.DATA, wof.STREAM)
         if packed is None:
             raise CorruptError(f"WOF file has no {wof.STREAM} stream", source=label)
-        return wof.WofStream(packed, st.size, info.algorithm, label)
+        stream = wof.WofStream(packed, st.size, info.algorithm, label)
+        stream.check_table()
+        return stream
 
     def is_wof(self, number: int) -> bool:
         """Whether the file's content is decoded from WofCompressedData (which is then no

@@ -104,15 +104,34 @@ class WofStream(ByteSource):
         """Where chunk ``i`` ends, relative to the table's end."""
         if i >= self.count - 1:
             return self.data_size
+        page_no, at = divmod(i, TABLE_PAGE // self.entry)
+        return self._page(page_no)[at]
+
+    def check_table(self) -> None:
+        """Check every chunk's extent once, when the file is opened: a damaged table then
+        fails the open (EIO before any byte is served) instead of a read part-way through.
+        Costs one read of the table: 4 or 8 bytes per 4-32 KiB of the file."""
+        pos = 0
         per = TABLE_PAGE // self.entry
-        page_no, at = divmod(i, per)
+        for page_no in range(-(-self.table // TABLE_PAGE)):
+            first = page_no * per
+            for at, end in enumerate(self._page(page_no)):
+                i = first + at
+                size = min(self.chunk, self.size - i * self.chunk)
+                if not pos < end <= self.data_size or end - pos > size:
+                    self._bounds(i)  # raises, naming the chunk
+                pos = end
+        if self.count:
+            self._bounds(self.count - 1)
+
+    def _page(self, page_no: int) -> tuple[int, ...]:
         page = self._pages.get(page_no)
         if page is None:
             start = page_no * TABLE_PAGE
             raw = self.raw.read_at(start, min(TABLE_PAGE, self.table - start))
             page = struct.unpack(f"<{len(raw) // self.entry}{'Q' if self.entry == 8 else 'I'}", raw)
             self._pages.put(page_no, page)
-        return page[at]
+        return page
 
     def _bounds(self, i: int) -> tuple[int, int, int]:
         """(start, stored size, decoded size) of chunk ``i``, every value checked."""

@@ -9,19 +9,33 @@ regular files and directories, so every stream of a link goes beside it.  A stre
 one of the Windows-metadata xattrs goes beside its file too, and a WOF file's
 WofCompressedData is its content, not a stream.  The catalog counts the streams shown beside
 their files (``count_beside``), so the backup's own record says how many took that form.
+
+A name ``FILE:STREAM`` longer than a Linux file name may be (NAME_MAX, 255 bytes) could be
+listed but never restored by an agent, so it is cut to fit and made unique with a hash
+(``beside_name``); the entry then carries its whole name as ``user.ntfs_stream_name``.
 """
 
 from __future__ import annotations
+
+import hashlib
 
 from vcbfs.errors import VcbfsError
 from vcbfs.ntfs import wof
 from vcbfs.ntfs.volume import FIRST_USER_RECORD, NtfsVolume
 
-__all__ = ["META_XATTRS", "XATTR_SIZE_MAX", "count_beside", "stream_forms"]
+__all__ = [
+    "META_XATTRS",
+    "NAME_MAX",
+    "XATTR_SIZE_MAX",
+    "beside_name",
+    "count_beside",
+    "stream_forms",
+]
 
 XATTR_SIZE_MAX = 65536
 XATTR_NAME_MAX = 255
 XATTR_LIST_MAX = 65536
+NAME_MAX = 255  # bytes of one file name on Linux file systems (what an agent can create)
 #: The Windows metadata every file and directory carries as xattrs (ntfs-3g's names).
 META_XATTRS = ("ntfs_attrib_be", "ntfs_acl", "ntfs_times", "ntfs_reparse_data")
 _META_LIST = sum(len(f"user.{m}") + 1 for m in META_XATTRS)  # the list room they take
@@ -62,3 +76,15 @@ def count_beside(vol: NtfsVolume) -> tuple[int, int]:
         except VcbfsError:
             unreadable += 1
     return beside, unreadable
+
+
+def beside_name(file: str, stream: str) -> str:
+    """The name a stream is listed under beside its file: ``FILE:STREAM``, or, when that is
+    longer than NAME_MAX bytes, its start and ``~`` and 12 hex digits of its SHA-256."""
+    full = f"{file}:{stream}"
+    raw = full.encode("utf-8", "surrogatepass")
+    if len(raw) <= NAME_MAX:
+        return full
+    tag = "~" + hashlib.sha256(raw).hexdigest()[:12]
+    cut = raw[: NAME_MAX - len(tag)].decode("utf-8", "ignore")  # whole characters only
+    return cut + tag
