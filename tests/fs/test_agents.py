@@ -43,8 +43,9 @@ from typing import Any
 
 import pytest
 
+from tests.fs.test_mount import vcbfs
 from tests.ntfs.fidelityimages import FidelityImage
-from tests.ntfs.ntfsimages import ntfs3g_mounted
+from tests.ntfs.ntfsimages import ntfs3g_mounted, sha256_file
 from vcbfs.vm.streams import beside_name
 
 pytestmark = [
@@ -64,18 +65,6 @@ AGENT_ENV = {**os.environ, "LC_ALL": "C.UTF-8"}
 
 
 # --- the mount ----------------------------------------------------------------------------------
-
-
-def vcbfs(*args: str) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "vcbfs", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    if done.returncode:
-        raise AssertionError(f"vcbfs {' '.join(args)}: {done.stderr}")
 
 
 @contextlib.contextmanager
@@ -135,15 +124,6 @@ class Node:
     xattr_error: int | None = None
 
 
-def _sha256(path: str | os.PathLike[str]) -> tuple[int, str]:
-    h, n = hashlib.sha256(), 0
-    with open(path, "rb", buffering=0) as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-            n += len(chunk)
-    return n, h.hexdigest()
-
-
 def _node(path: str) -> Node:
     st = os.lstat(path)
     if stat.S_ISDIR(st.st_mode):
@@ -158,7 +138,7 @@ def _node(path: str) -> Node:
     if kind == "file":
         node.size = st.st_size
         try:
-            read, node.sha256 = _sha256(path)
+            read, node.sha256 = sha256_file(path)
             if read != st.st_size:
                 node.sha256 = f"read {read} bytes of {st.st_size}"
         except OSError as exc:

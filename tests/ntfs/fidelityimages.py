@@ -124,6 +124,7 @@ from tests.ntfs.ntfsimages import (
     mount_point_reparse_data,
     ntfs3g_mounted,
     ntfsinfo_runs,
+    sha256_file,
     symlink_reparse_data,
 )
 from vcbfs.errors import CorruptError
@@ -1205,15 +1206,6 @@ def _set_si_attributes(image: Path, ino: int, bits: int) -> int:
     return flags
 
 
-def _sha_file(path: str | os.PathLike[str]) -> tuple[int, str]:
-    h, n = hashlib.sha256(), 0
-    with open(path, "rb", buffering=0) as f:
-        while chunk := f.read(MIB):
-            h.update(chunk)
-            n += len(chunk)
-    return n, h.hexdigest()
-
-
 def ntfscat(image: Path, ino: int, stream: str = "") -> bytes:
     """A $DATA stream of MFT record ``ino`` read by ntfs-3g's ``ntfscat`` (no FUSE: ntfs-3g's
     mount refuses to open any stream of a reparse point it does not support, ELIBACC).  ``-f``:
@@ -1256,10 +1248,10 @@ def _read_back(image: Path, m: _Manifest) -> None:
                 _check(path, "symlink type", stat.S_ISLNK(st.st_mode), True)
                 continue
             if e["kind"] in ("plain", "compressed", "stream-host", "hardlink"):
-                _check(path, "content", _sha_file(p), (e["size"], e["sha256"]))
+                _check(path, "content", sha256_file(p), (e["size"], e["sha256"]))
             for name, s in e.get("streams", {}).items():
                 _check(
-                    f"{path}:{name}", "stream", _sha_file(f"{p}:{name}"), (s["size"], s["sha256"])
+                    f"{path}:{name}", "stream", sha256_file(f"{p}:{name}"), (s["size"], s["sha256"])
                 )
     for path, e in m.entries.items():
         if "reparse_hex" not in e:

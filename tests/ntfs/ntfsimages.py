@@ -81,6 +81,7 @@ __all__ = [
     "ntfs_time_to_ns",
     "ntfsinfo_runs",
     "reference_manifest",
+    "sha256_file",
 ]
 
 log = logging.getLogger(__name__)
@@ -505,7 +506,8 @@ def _excluded(name: str) -> bool:
     return name.startswith("$") or name in MANIFEST_EXCLUDED
 
 
-def _sha256_file(path: Path) -> tuple[int, str]:
+def sha256_file(path: str | os.PathLike[str]) -> tuple[int, str]:
+    """(size, sha256) of a file's content, read in 1 MiB pieces."""
     h = hashlib.sha256()
     n = 0
     with open(path, "rb", buffering=0) as f:
@@ -542,7 +544,7 @@ def _describe(mnt: Path, rel: str) -> dict[str, Any]:
         "attributes": attributes,
     }
     if kind == "file":
-        size, digest = _sha256_file(p)
+        size, digest = sha256_file(p)
         if size != st.st_size:
             raise RuntimeError(f"{rel}: read {size} bytes, stat says {st.st_size}")
         entry["sha256"] = digest
@@ -597,7 +599,7 @@ def reference_manifest(image: Path) -> dict[str, Any]:
         for rel, entry in entries.items():
             for name in entry.get("streams", {}):
                 base = os.fspath(mnt / rel) if rel != "." else os.fspath(mnt)
-                size, digest = _sha256_file(Path(f"{base}:{name}"))
+                size, digest = sha256_file(Path(f"{base}:{name}"))
                 entry["streams"][name] = {"size": size, "sha256": digest}
     return {
         "format": 1,

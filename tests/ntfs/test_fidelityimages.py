@@ -40,7 +40,7 @@ from tests.ntfs.fidelityimages import (
     ntfscat,
     split_wof_stream,
 )
-from tests.ntfs.ntfsimages import lgetxattr, ntfs3g_mounted
+from tests.ntfs.ntfsimages import lgetxattr, ntfs3g_mounted, sha256_file
 
 MIB = 1 << 20
 DIRECTORY = 0x10
@@ -140,15 +140,6 @@ def ntfs3g(fidelity_image: FidelityImage) -> Iterator[Path]:
         yield mnt
 
 
-def _sha_file(path: str | os.PathLike[str]) -> tuple[int, str]:
-    h, n = hashlib.sha256(), 0
-    with open(path, "rb") as f:
-        while chunk := f.read(MIB):
-            h.update(chunk)
-            n += len(chunk)
-    return n, h.hexdigest()
-
-
 def test_ntfs3g_sees_inodes_attributes_and_reparse_data(
     fidelity_image: FidelityImage, ntfs3g: Path
 ) -> None:
@@ -173,11 +164,11 @@ def test_ntfs3g_sees_inodes_attributes_and_reparse_data(
 def test_ntfs3g_reads_plain_files_and_streams(fidelity_image: FidelityImage, ntfs3g: Path):
     for path, e in fidelity_image.entries.items():
         if e["kind"] in ("plain", "compressed", "stream-host", "hardlink"):
-            assert _sha_file(ntfs3g / path) == (e["size"], e["sha256"]), path
+            assert sha256_file(ntfs3g / path) == (e["size"], e["sha256"]), path
             assert os.stat(ntfs3g / path).st_size == e["size"], path
         if "reparse_hex" not in e:
             for name, s in e.get("streams", {}).items():
-                assert _sha_file(f"{ntfs3g / path}:{name}") == (s["size"], s["sha256"]), name
+                assert sha256_file(f"{ntfs3g / path}:{name}") == (s["size"], s["sha256"]), name
 
 
 def test_ntfs3g_lists_the_streams(fidelity_image: FidelityImage) -> None:
