@@ -37,6 +37,7 @@ __all__ = ["Operations"]
 log = logging.getLogger(__name__)
 
 TIMEOUT = 24 * 3600.0
+INT64_MAX = (1 << 63) - 1  # off_t, blkcnt_t and nanosecond times are signed 64-bit
 BLKSIZE = 128 * 1024
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
 P = ParamSpec("P")
@@ -61,6 +62,10 @@ def _guard(handler: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
             raise pyfuse3.FUSEError(errno.EIO) from None
 
     return wrapped
+
+
+def _clamp(value: int, low: int = -INT64_MAX - 1) -> int:
+    return min(max(value, low), INT64_MAX)
 
 
 def _readonly(*_args: Any, **_kwargs: Any) -> Awaitable[Any]:
@@ -99,12 +104,15 @@ class Operations(pyfuse3.Operations):
         e.st_uid = self.uid
         e.st_gid = self.gid
         e.st_rdev = 0
-        e.st_size = a.size
+        # A size or time from disk outside what the kernel holds (an index entry's size of
+        # 2**64-1, a FILETIME past 2262) is clamped here, for that entry alone: an overflow
+        # would otherwise fail the whole listing it is in.
+        e.st_size = _clamp(a.size, 0)
         e.st_blksize = BLKSIZE
-        e.st_blocks = a.blocks
-        e.st_atime_ns = a.atime_ns
-        e.st_mtime_ns = a.mtime_ns
-        e.st_ctime_ns = a.ctime_ns
+        e.st_blocks = _clamp(a.blocks, 0)
+        e.st_atime_ns = _clamp(a.atime_ns)
+        e.st_mtime_ns = _clamp(a.mtime_ns)
+        e.st_ctime_ns = _clamp(a.ctime_ns)
         return e
 
     @staticmethod
