@@ -141,3 +141,12 @@ def test_password_in_url_is_refused(datastore: FileServer) -> None:
     assert done.returncode == 1
     err = done.stderr.decode()
     assert "VCBFS_PASSWORD" in err and "pw@" not in err
+
+
+def test_times_past_year_9999_are_shown_not_fatal() -> None:
+    # An NTFS time reaches year 30828; `disk ls -l` crashed on one past 9999.
+    from vcbfs.cli.disk import _iso
+
+    assert _iso(0) == "1970-01-01 00:00:00"
+    last = (0x7FFFFFFFFFFFFFFF - 116444736000000000) * 100  # the largest FILETIME, in ns
+    assert _iso(last) == f"{last // 10**9} s after 1970"

@@ -206,7 +206,11 @@ def run_ls(args: argparse.Namespace) -> int:
 
 
 def _iso(ns: int) -> str:
-    return datetime.fromtimestamp(ns / 1e9, UTC).strftime("%Y-%m-%d %H:%M:%S")
+    """A time as UTC date and time; past year 9999 (NTFS times reach 30828) as seconds."""
+    try:
+        return datetime.fromtimestamp(ns / 1e9, UTC).strftime("%Y-%m-%d %H:%M:%S")
+    except (ValueError, OverflowError, OSError):
+        return f"{ns // 10**9} s after 1970"
 
 
 def _table_info(table: PartitionTable) -> dict[str, Any]:
