@@ -216,3 +216,61 @@ def test_lean_stat_equals_the_full_parse(ntfs_image: NtfsImage, ours: dict[str, 
         assert sum(v is not None for v in lean.values()) > 0.9 * len(numbers)
     finally:
         src.close()
+
+
+def test_a_first_acl_read_in_two_threads_gives_both_the_descriptor(ntfs_image: NtfsImage) -> None:
+    # $Secure's index used to be published before it was filled: a second thread asking
+    # while the first was still scanning got no descriptor, so user.ntfs_acl went missing.
+    import threading
+
+    from vcbfs.blocks.source import ByteSource
+
+    class Gated(ByteSource):
+        """$SDS whose first read waits until the test lets it go."""
+
+        def __init__(self, base: ByteSource) -> None:
+            self.base, self.size, self.name = base, base.size, base.name
+            self.entered, self.go = threading.Event(), threading.Event()
+
+        def _read(self, offset: int, n: int) -> bytes:
+            self.entered.set()
+            assert self.go.wait(10)
+            return self.base.read_at(offset, n)
+
+    source = LocalSource(str(ntfs_image.path))
+    vol = NtfsVolume(source)
+    real = vol._stream
+    gates: list[Gated] = []
+
+    def stream(node: Any, atype: int, name: str = "") -> ByteSource | None:
+        found = real(node, atype, name)
+        if name == "$SDS" and found is not None:
+            gates.append(Gated(found))
+            return gates[-1]
+        return found
+
+    vol._stream = stream  # type: ignore[method-assign]
+    number = 1  # $MFTMirr: mkntfs gave it a security id, its descriptor is in $Secure
+    assert vol.stat(number).security_id is not None
+    got: dict[str, bytes | None] = {}
+    first = threading.Thread(target=lambda: got.__setitem__("a", vol.security_descriptor(number)))
+    first.start()
+    try:
+        for _ in range(1000):
+            if gates:
+                break
+            threading.Event().wait(0.01)
+        assert gates and gates[0].entered.wait(10)
+        second = threading.Thread(
+            target=lambda: got.__setitem__("b", vol.security_descriptor(number))
+        )
+        second.start()
+        second.join(0.3)  # it must wait for the scan, not answer from a half-built index
+        gates[0].go.set()
+        second.join(10)
+    finally:
+        for gate in gates:
+            gate.go.set()
+        first.join(10)
+        source.close()
+    assert got["a"] is not None and got["b"] == got["a"]

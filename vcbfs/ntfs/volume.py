@@ -9,6 +9,7 @@ open as an empty one.  Errors in one record or index are typed and stay with tha
 from __future__ import annotations
 
 import struct
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -114,6 +115,7 @@ class NtfsVolume:
         self._indexes: LRU[int, DirectoryIndex] = LRU(256)
         self._sds: ByteSource | None = None
         self._sds_index: dict[int, tuple[int, int]] | None = None
+        self._sds_lock = threading.Lock()
         self.upcase = self._load_upcase()
         self.label, self.version = self._load_volume_info()
 
@@ -440,8 +442,13 @@ class NtfsVolume:
         """
         if self._sds_index is not None:
             return self._sds_index
+        with self._sds_lock:  # one scan; the others wait for it, never see half of it
+            if self._sds_index is None:
+                self._sds_index = self._scan_sds()
+            return self._sds_index
+
+    def _scan_sds(self) -> dict[int, tuple[int, int]]:
         index: dict[int, tuple[int, int]] = {}
-        self._sds_index = index
         try:
             stream = self._stream(self._node(SECURE_RECORD), AT.DATA, "$SDS")
         except (CorruptError, NotFoundError) as exc:
