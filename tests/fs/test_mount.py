@@ -455,14 +455,29 @@ def test_umount_of_a_busy_mount_detaches_it_and_the_server_ends_when_let_go(
 def test_owner_modes_and_sharing_options(test_vm: TestVm, tmp_path: Path) -> None:
     path = tmp_path / "m"
     path.mkdir()
-    vcbfs("mount", str(test_vm.vmx), str(path), "-o", "uid=1234,gid=5678,umask=027,allow_other")
+    done = vcbfs(
+        "mount", str(test_vm.vmx), str(path), "-o", "uid=1234,gid=5678,umask=027,allow_other"
+    )
     try:
         assert "allow_other" in _mount_options(path)
+        assert "WARNING: allow_other: every local user can read" in done.stderr
+        assert "now 440 for files" in done.stderr
         for rel, mode in (("letters/C", 0o550), ("letters/C/boot.ini", 0o440), ("", 0o550)):
             st = (path / rel).stat()
             assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (1234, 5678, mode), rel
     finally:
         _umount(path)
+
+
+@pytest.mark.parametrize("option", ["uid=-1", "gid=-1", "uid=4294967295", "gid=99999999999"])
+def test_an_owner_the_kernel_cannot_show_is_refused(
+    test_vm: TestVm, tmp_path: Path, option: str
+) -> None:
+    # uid=-1 used to mount, and then every stat inside failed with EIO.
+    (tmp_path / "m").mkdir()
+    done = vcbfs("mount", str(test_vm.vmx), str(tmp_path / "m"), "-o", option, check=False)
+    assert done.returncode == 1 and f"bad value in mount option {option!r}" in done.stderr
+    assert not os.path.ismount(tmp_path / "m")
 
 
 def test_an_unwritable_run_directory_is_a_clear_error(test_vm: TestVm, tmp_path: Path) -> None:

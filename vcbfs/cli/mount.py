@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 import sys
 import time
@@ -27,6 +28,8 @@ if TYPE_CHECKING:
     from vcbfs.fs.tree import Tree
 
 __all__ = ["register"]
+
+log = logging.getLogger(__name__)
 
 
 def _run_dir() -> Path:
@@ -103,6 +106,9 @@ def register(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     u.set_defaults(run=run_umount)
 
 
+NO_ID = (1 << 32) - 1  # (uid_t)-1: "no owner", not an owner the kernel accepts in a stat
+
+
 def parse_options(values: list[str]) -> dict[str, object]:
     opts: dict[str, object] = {
         "allow_other": False,
@@ -127,6 +133,8 @@ def parse_options(values: list[str]) -> dict[str, object]:
                         raise ValueError(value)
                 else:
                     opts[key] = int(value)
+                    if not 0 <= opts[key] < NO_ID:  # type: ignore[operator]
+                        raise ValueError(value)  # -1 would make every stat fail (EIO)
             except ValueError:
                 raise UsageError(f"bad value in mount option {item!r}") from None
         else:
@@ -167,6 +175,13 @@ def run_mount(args: argparse.Namespace) -> int:
         raise NotFoundError("mount point is not a directory", source=mountpoint)
     umask = int(opts["umask"])  # type: ignore[call-overload]
     modes = {"dir_mode": 0o555 & ~umask, "file_mode": 0o444 & ~umask}
+    if opts["allow_other"]:
+        log.warning(
+            "allow_other: every local user can read the guest's files (its SAM and registry "
+            "hives included) as far as the mode bits allow (now %03o for files; restrict with "
+            "-o umask=077 or uid=/gid=)",
+            modes["file_mode"],
+        )
     vsphere = _is_spec(source)
     settings = None
     if vsphere:
@@ -251,7 +266,6 @@ def run_mount(args: argparse.Namespace) -> int:
 
 def _log_to_syslog() -> None:
     """A background server has no terminal: its log lines (a corrupt file's EIO) go to syslog."""
-    import logging
     import logging.handlers
 
     if not os.path.exists("/dev/log"):
@@ -345,8 +359,6 @@ def _vsphere_model(
     closers: list[Callable[[], object]],
 ) -> Tree | VmFolder:
     """Connect, clean up after any crash, then snapshot (now, or on first use)."""
-    import logging
-
     from vcbfs.cli.vsphere import connect
     from vcbfs.fs.automount import VmFolder
     from vcbfs.fs.tree import Tree
