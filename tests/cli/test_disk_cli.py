@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -13,6 +14,7 @@ import pytest
 
 from tests.blocks.httpserver import FileServer
 from tests.images import qemu_vmdk
+from tests.ntfs.fidelityimages import FidelityImage
 
 MIB = 1 << 20
 
@@ -150,3 +152,23 @@ def test_times_past_year_9999_are_shown_not_fatal() -> None:
     assert _iso(0) == "1970-01-01 00:00:00"
     last = (0x7FFFFFFFFFFFFFFF - 116444736000000000) * 100  # the largest FILETIME, in ns
     assert _iso(last) == f"{last // 10**9} s after 1970"
+
+
+def test_options_anywhere_on_the_command_line(
+    partitioned: tuple[Path, bytes], fidelity_image: FidelityImage
+) -> None:
+    # The README writes `disk cat PATH [--partition N] FILE`: FILE after the option used to be
+    # "unrecognized arguments" (exit 2).
+    path, _data = partitioned
+    before = vcbfs("disk", "cat", "--partition", "1", str(path))
+    after = vcbfs("disk", "cat", str(path), "--partition", "1", "--debug")
+    assert before.returncode == after.returncode == 0 and before.stdout == after.stdout
+    image = str(fidelity_image.path)
+    plain = fidelity_image.bench["plain"]
+    wants = hashlib.sha256(vcbfs("disk", "cat", image, plain).stdout).hexdigest()
+    assert wants == fidelity_image.entries[plain]["sha256"]
+    listing = vcbfs("disk", "ls", image, "stubs", "-l").stdout
+    assert vcbfs("disk", "ls", image, "-l", "stubs").stdout == listing
+    assert vcbfs("disk", "ls", "-l", image, "stubs").stdout == listing and b"dedup" in listing
+    extra = vcbfs("disk", "ls", image, "stubs", "more")
+    assert extra.returncode == 2 and b"unrecognized arguments: more" in extra.stderr

@@ -54,10 +54,42 @@ def _verb(argv: Sequence[str]) -> str | None:
     return argv[0] if argv and argv[0] in VERBS else None
 
 
+def parse(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace:
+    """``parse_args``, with options allowed between a verb's positionals.
+
+    argparse fills a verb's positionals from the first run of words only, so
+    ``disk cat PATH --partition 1 FILE`` left FILE "unrecognized".  Words it leaves over go to
+    the positionals it left empty, in order; anything else is still an error.
+    (``parse_intermixed_args`` would do this, but it refuses parsers with subcommands.)
+    """
+    # --debug belongs to vcbfs itself, but may come after the verb too.
+    argv = [w for w in argv if w == "--debug"] + [w for w in argv if w != "--debug"]
+    args, extra = parser.parse_known_args(argv)
+    if not extra:
+        return args
+    leaf = parser
+    while True:
+        sub = next((a for a in leaf._actions if isinstance(a, argparse._SubParsersAction)), None)
+        if sub is None:
+            break
+        leaf = sub.choices[getattr(args, sub.dest)]
+    empty = [
+        a
+        for a in leaf._actions
+        if not a.option_strings and a.nargs == "?" and getattr(args, a.dest) == a.default
+    ]
+    words = [w for w in extra if not w.startswith("-") or w == "-"]
+    if len(words) != len(extra) or len(words) > len(empty):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    for action, word in zip(empty, words, strict=False):
+        setattr(args, action.dest, word)
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(_verb(argv))
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.WARNING,
         format="vcbfs: %(levelname)s: %(message)s",
