@@ -606,3 +606,71 @@ def test_a_name_with_a_colon_is_a_file_and_file_colon_stream_a_stream(tmp_path: 
 def _mount_source(source: Path, mnt: Path) -> None:
     mnt.mkdir(exist_ok=True)
     vcbfs("mount", str(source), str(mnt))
+
+
+CRASHING_SERVER = """
+import sys
+from vcbfs.fs.mount import fuse_options, serve
+from vcbfs.fs.tree import Tree
+from vcbfs.vm.local import open_local_vm
+
+
+class Boom(BaseException):
+    '''Not an Exception, so no handler's guard takes it: a failure of the server itself.'''
+
+
+tree = Tree(open_local_vm(sys.argv[1]))
+lookup, close = tree.lookup, tree.close
+
+
+def crashing(parent, name):
+    if name == "crash-now":
+        raise Boom()
+    return lookup(parent, name)
+
+
+def closing():
+    print("closed", flush=True)
+    close()
+
+
+tree.lookup, tree.close = crashing, closing
+serve(tree, sys.argv[2], fuse_options(), ready=lambda: print("ready", flush=True))
+"""
+
+
+def _mounted(path: Path) -> bool:
+    return any(
+        line.split()[1] == str(path) for line in Path("/proc/mounts").read_text().splitlines()
+    )
+
+
+def test_a_crashed_server_leaves_enotconn_not_an_empty_folder(
+    test_vm: TestVm, tmp_path: Path
+) -> None:
+    mnt = tmp_path / "m"
+    mnt.mkdir()
+    server = subprocess.Popen(
+        [sys.executable, "-c", CRASHING_SERVER, str(test_vm.vmx), str(mnt)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None and server.stdout.readline() == "ready\n"
+        assert "letters" in os.listdir(mnt)
+        with pytest.raises(OSError):
+            os.stat(mnt / "crash-now")
+        out, err = server.communicate(timeout=60)
+        assert server.returncode != 0 and "closed" in out  # the image (snapshot) was released
+        assert "the mount is left in place" in err
+        assert _mounted(mnt)
+        with pytest.raises(OSError) as exc:
+            os.listdir(mnt)  # not an empty folder: an error every agent reports
+        assert exc.value.errno == errno.ENOTCONN
+        vcbfs("umount", str(mnt))
+        assert not _mounted(mnt) and os.listdir(mnt) == []
+    finally:
+        if server.poll() is None:
+            server.kill()
+        subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True, check=False)

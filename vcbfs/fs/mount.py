@@ -1,8 +1,9 @@
 """Serving a tree at a mount point: the trio main loop, signals, readahead, a clean unmount.
 
 ``serve`` mounts, tells its caller the mount is ready, answers requests until the mount is
-unmounted (``vcbfs umount``, ``fusermount3 -u``) or SIGINT/SIGTERM arrives, and always unmounts
-and closes the image on the way out.
+unmounted (``vcbfs umount``, ``fusermount3 -u``) or SIGINT/SIGTERM arrives, then unmounts, and
+always closes the image (releasing its snapshot) on the way out.  After an unexpected failure
+it leaves the mount in place, dead, as borg does: readers get ENOTCONN, not an empty folder.
 """
 
 from __future__ import annotations
@@ -98,7 +99,13 @@ def serve(
         trio.run(main)
         unmounted = True
     finally:
-        pyfuse3.close(unmount=True)
+        # After a crash the mount stays, and readers get ENOTCONN: an empty directory in its
+        # place would tell an rsync --delete mirror or an incremental backup that every file
+        # was deleted.  `vcbfs umount` (or fusermount3 -u) clears it.
+        pyfuse3.close(unmount=unmounted)
+        if not unmounted:
+            log.error("%s: the server failed; the mount is left in place (reads give ENOTCONN)"
+                      " until `vcbfs umount %s`", mountpoint, mountpoint)  # fmt: skip
         _close(tree, cleanup)
         if control is not None:
             with contextlib.suppress(OSError):
