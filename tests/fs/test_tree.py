@@ -130,3 +130,31 @@ def test_every_listed_xattr_has_a_value(
                 tree.getxattr(attr.ino, xattr)
                 seen += 1
     assert seen > 1000
+
+
+def test_a_volume_that_cannot_open_is_listed_and_hides_no_other(
+    test_vm: TestVm, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A damaged $MFT record 0 on one volume used to fail the listing of all of digits/.
+    from vcbfs.errors import CorruptError
+
+    tree = Tree(open_local_vm(test_vm.vmx))
+    try:
+        digits = tree.lookup(ROOT_INO, "digits").ino
+        names = [name for name, _attr in tree.readdir(digits)]
+
+        def damaged() -> NtfsVolume:
+            raise CorruptError("MFT record 0 is damaged", source="data disk")
+
+        fresh = Tree(open_local_vm(test_vm.vmx))
+        fresh.image.volumes()[1].ntfs = damaged  # type: ignore[method-assign]
+        listing = dict(fresh.readdir(fresh.lookup(ROOT_INO, "digits").ino))
+        assert sorted(listing) == sorted(names) == ["1", "2"]
+        assert stat.S_ISDIR(listing["2"].mode)
+        assert "digits/2 is unreadable" in caplog.text
+        assert len(fresh.readdir(listing["1"].ino)) > 0  # the sound volume reads
+        with pytest.raises(CorruptError):
+            fresh.readdir(listing["2"].ino)  # EIO inside the broken one
+        fresh.close()
+    finally:
+        tree.close()

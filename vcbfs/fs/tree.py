@@ -374,8 +374,22 @@ class Tree:
             if node is None or not node.is_dir:
                 raise NotADirectory(f"inode {ino} is not a directory")
             assert node.children is not None
-            return [(name, self.getattr(child)) for name, child in sorted(node.children.items())]
+            children = sorted(node.children.items())
+            return [(name, self._child_attr(child)) for name, child in children]
         return self._listing(ino)
+
+    def _child_attr(self, ino: int) -> Attr:
+        """An entry of a synthetic directory.  A volume whose file system cannot be opened (a
+        damaged $MFT) is still listed, as a directory that gives EIO inside, so that one bad
+        volume never hides the others."""
+        try:
+            return self.getattr(ino)
+        except VcbfsError as exc:
+            if ino >> VIEW_SHIFT == 0:
+                raise
+            log.error("%s is unreadable (looking inside gives EIO): %s", self.describe(ino), exc)
+            t = self.now_ns
+            return Attr(ino, stat.S_IFDIR | self.dir_mode, 2, 0, 0, t, t, t)
 
     def _listing(self, ino: int) -> list[tuple[str, Attr]]:
         """A volume directory's entries with their attributes, kept (bounded) once computed:
@@ -506,6 +520,8 @@ class Tree:
                     node = self._nodes.get(ino)
                     return node.name if node is not None else f"inode {ino}"
                 view, record = found
+                if record == NTFS_ROOT:
+                    return view.path
                 suffix = ""
             inside = self._path_in_volume(view.volume.ntfs(), record)
             return posixpath.join(view.path, inside) + suffix
