@@ -18,3 +18,41 @@ def test_out_of_range_sizes_and_times_are_clamped_per_entry() -> None:
     assert (e.st_atime_ns, e.st_mtime_ns, e.st_ctime_ns) == (INT64_MAX, -INT64_MAX - 1, 5)
     ok = ops._entry(Attr(8, stat.S_IFREG | 0o444, 1, 10, 1, 1, 2, 3))
     assert (ok.st_size, ok.st_blocks, ok.st_atime_ns, ok.st_mtime_ns) == (10, 1, 1, 2)
+
+
+class _Names:
+    """A directory whose entries have names POSIX cannot hold as they are."""
+
+    NAMES = ("plain.txt", "a/b", "nul\0here", "lone\ud800surrogate", "pct%2F", "caf\u00e9")
+
+    def readdir(self, ino: int) -> list[tuple[str, Attr]]:
+        return [(n, self._attr(i)) for i, n in enumerate(self.NAMES)]
+
+    def lookup(self, parent: int, name: str) -> Attr:
+        from vcbfs.errors import NotFoundError
+
+        if name not in self.NAMES:
+            raise NotFoundError(f"no {name!r}")
+        return self._attr(self.NAMES.index(name))
+
+    def hold(self, ino: int) -> None:
+        return None
+
+    @staticmethod
+    def _attr(i: int) -> Attr:
+        return Attr(100 + i, stat.S_IFREG | 0o444, 1, i, 0, 0, 0, 0)
+
+
+async def test_every_name_is_listed_and_looks_up_to_its_inode() -> None:
+    # An unpaired surrogate made opendir fail (EIO) for the whole directory; '/' and NUL
+    # broke or cut the listing.
+    ops = Operations(_Names())  # type: ignore[arg-type]
+    fh = await ops.opendir(1, None)
+    listed = ops._dirs[fh][0]
+    assert len(listed) == len(_Names.NAMES)
+    for raw, attr in listed:
+        assert b"/" not in raw and b"\0" not in raw
+        assert (await ops.lookup(1, raw)).st_ino == attr.ino
+    names = [raw for raw, _attr in listed]
+    assert names[1] == "a\uf02fb".encode() and names[3] == b"lone\xed\xa0\x80surrogate"
+    assert len(set(names)) == len(names)

@@ -32,7 +32,7 @@ from vcbfs.fs.tree import Attr, Tree
 if TYPE_CHECKING:
     from vcbfs.fs.automount import VmFolder
 
-__all__ = ["Operations"]
+__all__ = ["Operations", "decode_name", "encode_name"]
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,29 @@ def _guard(handler: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
             raise pyfuse3.FUSEError(errno.EIO) from None
 
     return wrapped
+
+
+#: What a POSIX name cannot hold, as NTFS's POSIX namespace can: '/' and NUL, shown as the
+#: private-use characters U+F02F and U+F000 (the mapping Samba's catia module uses).
+_TO_POSIX = {ord("/"): "\uf02f", 0: "\uf000"}
+_FROM_POSIX = {ord("\uf02f"): "/", ord("\uf000"): "\0"}
+
+
+def encode_name(name: str) -> bytes:
+    """A name as the kernel is given it: UTF-8, where an unpaired UTF-16 surrogate (which any
+    Windows user can put in a name) is encoded as itself (bytes no valid UTF-8 name holds, so
+    nothing else can alias it) and '/' and NUL are mapped to private-use characters."""
+    if "/" in name or "\0" in name:
+        name = name.translate(_TO_POSIX)
+    return name.encode("utf-8", "surrogatepass")
+
+
+def decode_name(raw: bytes) -> str:
+    """The name ``encode_name`` gave (mapped characters are tried back by ``lookup``)."""
+    try:
+        return raw.decode("utf-8", "surrogatepass")
+    except UnicodeDecodeError:
+        return raw.decode("utf-8", "surrogateescape")  # no name of ours: not found
 
 
 def _clamp(value: int, low: int = -INT64_MAX - 1) -> int:
@@ -115,15 +138,18 @@ class Operations(pyfuse3.Operations):
         e.st_ctime_ns = _clamp(a.ctime_ns)
         return e
 
-    @staticmethod
-    def _name(raw: bytes) -> str:
-        return os.fsdecode(raw)
-
     @_guard
     async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> Any:
         if name == b".":
             return self._entry(await self._run(self.tree.getattr, parent_inode))
-        return self._entry(await self._run(self.tree.lookup, parent_inode, self._name(name)))
+        text = decode_name(name)
+        try:
+            return self._entry(await self._run(self.tree.lookup, parent_inode, text))
+        except VcbfsError as exc:
+            original = text.translate(_FROM_POSIX)
+            if exc.errno != errno.ENOENT or original == text:
+                raise
+            return self._entry(await self._run(self.tree.lookup, parent_inode, original))
 
     @_guard
     async def getattr(self, inode: int, ctx: Any = None) -> Any:
@@ -131,14 +157,15 @@ class Operations(pyfuse3.Operations):
 
     @_guard
     async def readlink(self, inode: int, ctx: Any) -> bytes:
-        return os.fsencode(await self._run(self.tree.readlink, inode))
+        target = await self._run(self.tree.readlink, inode)  # a path: its '/' stay
+        return target.encode("utf-8", "surrogatepass")
 
     @_guard
     async def opendir(self, inode: int, ctx: Any) -> int:
         listing = await self._run(self.tree.readdir, inode)
         fh = next(self._handles)
         held = self.tree.hold(inode)
-        self._dirs[fh] = ([(os.fsencode(name), attr) for name, attr in listing], held)
+        self._dirs[fh] = ([(encode_name(name), attr) for name, attr in listing], held)
         return fh
 
     @_guard
@@ -212,12 +239,12 @@ class Operations(pyfuse3.Operations):
         names = await self._run(
             functools.partial(self.tree.listxattr, inode, privileged=privileged)
         )
-        return [os.fsencode(n) for n in names]
+        return [n.encode("utf-8", "surrogatepass") for n in names]
 
     @_guard
     async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
         try:
-            return await self._run(self.tree.getxattr, inode, os.fsdecode(name))
+            return await self._run(self.tree.getxattr, inode, decode_name(name))
         except VcbfsError as exc:
             if exc.errno == errno.ENOENT:
                 raise pyfuse3.FUSEError(errno.ENODATA) from None
