@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import json
 import os
 import threading
 import time
@@ -199,3 +201,32 @@ def test_directory_names_are_unique_and_safe() -> None:
     assert set(names.values()) == set(entries)
     assert "a%2fb" in names and "vm-vm-9" in names
     assert all("/" not in n and n not in (".", "..") for n in names)
+
+
+def test_control_socket_clients_that_misbehave_never_end_the_mount(
+    automount: Path, test_vm: TestVm
+) -> None:
+    # A client that hung up before its answer ended the whole server (BrokenResourceError).
+    import socket
+
+    from vcbfs.cli.mount import control_path
+
+    path = str(control_path(str(automount)))
+    name = test_vm.vmx.stem
+    for payload in (
+        json.dumps({"release": name}).encode() + b"\n",  # then gone before the answer
+        b"\xff\xfe garbage \x00\n",
+        b"{",  # partial, no newline
+        b"x" * (1 << 20),  # 1 MiB
+    ):
+        for _ in range(20):
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.connect(path)
+                with contextlib.suppress(OSError):
+                    s.sendall(payload)
+    for _ in range(50):  # connect and hang up at once
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.connect(path)
+    assert os.listdir(automount) == [name]  # still serving
+    assert (automount / name / "letters/C/boot.ini").read_bytes() == SYS_FILES["boot.ini"]
+    assert "released" in vcbfs("release", str(automount / name)).stdout

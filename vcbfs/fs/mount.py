@@ -160,16 +160,23 @@ async def _serve_control(
     task_status.started()
 
     async def handle(stream: trio.SocketStream) -> None:
-        async with stream:
-            data = b""
-            with trio.move_on_after(10):
-                while b"\n" not in data and len(data) < 65536:
-                    chunk = await stream.receive_some(4096)
-                    if not chunk:
-                        break
-                    data += chunk
-            answer = await trio.to_thread.run_sync(_answer, folder, data)
-            await stream.send_all(json.dumps(answer).encode() + b"\n")
+        # One client's fault (gone before its answer, garbage, a flood) is its own: an error
+        # here must never end the mount, as a handler's error would end the listener.
+        try:
+            async with stream:
+                data = b""
+                with trio.move_on_after(10):
+                    while b"\n" not in data and len(data) < 65536:
+                        chunk = await stream.receive_some(4096)
+                        if not chunk:
+                            break
+                        data += chunk
+                answer = await trio.to_thread.run_sync(_answer, folder, data)
+                await stream.send_all(json.dumps(answer).encode() + b"\n")
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            log.debug("a control client went away before its answer")
+        except Exception:
+            log.exception("a control request failed")
 
     await trio.serve_listeners(handle, [listener])
 
