@@ -230,3 +230,30 @@ def test_control_socket_clients_that_misbehave_never_end_the_mount(
     assert os.listdir(automount) == [name]  # still serving
     assert (automount / name / "letters/C/boot.ini").read_bytes() == SYS_FILES["boot.ini"]
     assert "released" in vcbfs("release", str(automount / name)).stdout
+
+
+def test_a_release_that_fails_on_the_network_ends_nothing(
+    test_vm: TestVm, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A reset connection while releasing an idle VM raised out of expire() and ended the
+    # whole server (the idle task died with it).
+    provider = CountingProvider(test_vm.vmx)
+    f = VmFolder(provider, idle=0.01)
+    try:
+        f.lookup(f.lookup(ROOT_INO, "alpha").ino, "letters")
+        tree = f._by_name["alpha"].tree
+        assert tree is not None
+        real = tree.image.close
+
+        def reset() -> None:
+            real()
+            raise ConnectionResetError(104, "Connection reset by peer")
+
+        tree.image.close = reset  # type: ignore[method-assign]
+        time.sleep(0.05)
+        assert f.expire() == ["alpha"]  # detached, and the failure logged, not raised
+        assert "alpha: releasing" in caplog.text and "Connection reset" in caplog.text
+        f.lookup(f.lookup(ROOT_INO, "alpha").ino, "letters")  # opens again
+        assert provider.opened == ["vm-1", "vm-1"]
+    finally:
+        f.close()

@@ -192,7 +192,7 @@ class VmFolder:
             return False
         try:
             tree.close()
-        except VcbfsError as exc:
+        except Exception as exc:  # a reset connection too: logged, never the end of the mount
             log.error("%s: releasing: %s", vm.dirname, exc)
         log.info("%s: released", vm.dirname)
         return True

@@ -139,7 +139,10 @@ async def _expire_idle(folder: VmFolder) -> None:
     period = max(0.2, min(5.0, folder.idle / 4))
     while True:
         await trio.sleep(period)
-        _forget(await trio.to_thread.run_sync(folder.expire))
+        try:
+            _forget(await trio.to_thread.run_sync(folder.expire))
+        except Exception:  # one failed round is logged; the next tries again
+            log.exception("releasing idle VMs failed")
 
 
 async def _serve_control(
