@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import subprocess
 import time
 import uuid
@@ -22,7 +23,7 @@ from tests.vsphere.simulator import (
     list_snapshots,
     managed,
 )
-from vcbfs.errors import AccessDeniedError, UnsupportedError
+from vcbfs.errors import AccessDeniedError, UnsupportedError, VsphereError
 from vcbfs.vsphere import session as session_mod
 from vcbfs.vsphere.datastore import Datastores
 from vcbfs.vsphere.inventory import NameCache, VmInfo, find_vms, list_vms, select
@@ -304,3 +305,24 @@ def test_the_simulators_own_certificate(tmp_path: Path) -> None:
         finally:
             datastores.close()
             pinned.close()
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        ConnectionResetError(104, "Connection reset by peer"),
+        TimeoutError("timed out"),
+        http.client.RemoteDisconnected("Remote end closed connection without response"),
+        http.client.BadStatusLine("HTTP/1.1 5"),
+    ],
+)
+def test_transport_failures_become_typed_vsphere_errors(session: Session, fault: Exception) -> None:
+    # A reset connection raised out of Session.call as itself, past every `except VcbfsError`
+    # (and out of the automount's release, ending the server).
+    def failing() -> None:
+        raise fault
+
+    with pytest.raises(VsphereError, match="lost the connection") as exc:
+        session.call(failing)
+    assert exc.value.source == session.host and exc.value.__cause__ is fault
+    assert session.call(lambda: session.content.rootFolder.name)  # the session still works

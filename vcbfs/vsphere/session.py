@@ -17,6 +17,7 @@ absent rather than failing on them.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import logging
 import socket
 import ssl
@@ -224,12 +225,22 @@ class Session:
     # -- calling ---------------------------------------------------------------------------
 
     def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """``fn(*args)``, logging in again once if the session has expired."""
+        """``fn(*args)``, logging in again once if the session has expired.
+
+        A transport failure (a reset or refused connection, a timeout, a broken HTTP reply:
+        vCenter restarting) becomes a ``VsphereError`` naming the host, so callers meet one
+        typed error instead of whatever the socket raised.
+        """
         try:
-            return fn(*args, **kwargs)
-        except vim.fault.NotAuthenticated:
-            self._relogin()
-            return fn(*args, **kwargs)
+            try:
+                return fn(*args, **kwargs)
+            except vim.fault.NotAuthenticated:
+                self._relogin()
+                return fn(*args, **kwargs)
+        except (OSError, http.client.HTTPException) as exc:
+            raise VsphereError(
+                f"lost the connection ({type(exc).__name__}: {exc})", source=self.host
+            ) from exc
 
     def retrieve(
         self, obj_type: type, props: Iterable[str], root: Any = None
