@@ -158,3 +158,31 @@ def test_a_volume_that_cannot_open_is_listed_and_hides_no_other(
         fresh.close()
     finally:
         tree.close()
+
+
+@pytest.mark.parametrize(
+    ("folder", "target", "relative", "shown"),
+    [
+        ("links", "target.txt", True, "target.txt"),
+        ("a/b", "..\\..\\data\\file.txt", True, "../../data/file.txt"),
+        ("links", "C:\\Windows\\System32", False, "../../../letters/C/Windows/System32"),
+        ("", "D:\\", False, "../../letters/D"),
+        # Crafted targets that climbed out of the mount (rsync -L would have archived the
+        # proxy's own files): ".." stops at the volume's root, as on Windows.
+        ("links", "..\\" * 13 + "etc\\shadow", True, "../etc/shadow"),
+        ("links", "C:\\..\\..\\etc", False, "../../../letters/C/etc"),
+        ("links", "\\\\server\\share\\x", False, "../server/share/x"),
+        ("links", "\\??\\Volume{1234}\\..\\..\\..\\..", False, ".."),
+    ],
+)
+def test_link_targets_never_leave_the_mount(
+    folder: str, target: str, relative: bool, shown: str
+) -> None:
+    import posixpath
+
+    from vcbfs.fs.tree import link_target
+
+    got = link_target("digits/1", folder, target, relative)
+    assert got == shown
+    inside = posixpath.normpath(posixpath.join("digits/1", folder, got))
+    assert not inside.startswith("..") and not posixpath.isabs(got)

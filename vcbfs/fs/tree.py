@@ -551,20 +551,14 @@ class Tree:
         return self._link_target(view, record)
 
     def _link_target(self, view: _View, record: int) -> str:
-        """A link's target as a path: Windows absolute paths go to letters/X inside the mount."""
+        """A link's target as a relative path that stays inside the mount (see
+        ``link_target``)."""
         vol: NtfsVolume = view.volume.ntfs()
         reparse = vol.stat(record).reparse
         if reparse is None or not reparse.target:
             raise NotFoundError(f"record {record} is not a link")
-        target = reparse.target.replace("\\", "/")
-        if reparse.relative:
-            return target
-        if len(target) >= 2 and target[1] == ":" and target[0].isalpha():
-            letter, rest = target[0].upper(), target[2:].lstrip("/")
-            here = posixpath.join(view.path, posixpath.dirname(self._path_in_volume(vol, record)))
-            there = posixpath.join("letters", letter, rest)
-            return posixpath.relpath(there, here)
-        return target
+        folder = posixpath.dirname(self._path_in_volume(vol, record))
+        return link_target(view.path, folder, reparse.target, reparse.relative)
 
     def _path_in_volume(self, vol: NtfsVolume, record: int) -> str:
         parts = []
@@ -638,6 +632,36 @@ class Tree:
         if st.reparse is not None and not vol.is_wof(record) and want(name):
             out[name] = (vol.reparse_data(record) or b"") if values else b""
         return out
+
+
+def link_target(view: str, folder: str, target: str, relative: bool) -> str:
+    """Where a link in ``folder`` (of the volume at ``view``, e.g. ``digits/1``) points, as a
+    relative path that never leaves the mount.
+
+    Windows resolves a link on its own volume and never climbs above a volume's root
+    (``C:\\..\\..`` is ``C:\\``), so ``..`` past the root stays there, as it does here: a
+    crafted ``..\\..(x13)\\etc\\shadow`` ends at the volume's ``etc/shadow``, not the proxy's.
+    ``X:\\...`` goes to ``letters/X/...``.  Any other absolute target (a UNC path, a volume
+    GUID path) is taken under the volume's root, where it is normally dangling.
+    """
+    target = target.replace("\\", "/")
+    if relative:
+        root, start = view, folder
+    elif len(target) >= 2 and target[1] == ":" and target[0].isalpha():
+        root, start, target = posixpath.join("letters", target[0].upper()), "", target[2:]
+    else:
+        root, start = view, ""
+    parts: list[str] = [p for p in start.split("/") if p]
+    for part in target.split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if parts:
+                parts.pop()  # at the root, ".." stays at the root
+        else:
+            parts.append(part)
+    there = posixpath.join(root, *parts)
+    return posixpath.relpath(there, posixpath.join(view, folder))
 
 
 def _ntfs_times(st: NtfsStat) -> bytes:
