@@ -52,7 +52,7 @@ def lznt1_unit(data: Buffer, unit_size: int, source: str | None = None) -> bytes
     end = chunks[-1][1]
     whole = min(len(chunks) * LZNT1_CHUNK, unit_size)
     try:
-        out = pyfwnt.lznt1_decompress(raw[:end], unit_size)
+        out = pyfwnt.lznt1_decompress(raw if end == len(raw) else raw[:end], unit_size)
     except (OSError, ValueError):
         out = None
     if out is None or len(out) != whole:
@@ -180,7 +180,7 @@ def _wimlib_decode(
     raw = bytes(data)
     if _wimlib().wimlib_decompress(raw, len(raw), out, size, handle):
         raise CorruptError(f"{codec} data does not decode to {size} bytes", source=source)
-    return out.raw[:size]
+    return ctypes.string_at(out, size)  # one copy (out.raw[:size] made two)
 
 
 def _reason(exc: Exception) -> str:

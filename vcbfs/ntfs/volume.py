@@ -328,7 +328,8 @@ class NtfsVolume:
 
     def try_open(self, number: int, stream: str = "") -> ByteSource | None:
         """``open`` if the file's record is parsed already (no disk read); else None (and
-        always for a WOF file, whose chunk table is read when it opens)."""
+        for a WOF file, whose chunk table is read when it opens, or a reparse point whose data
+        is not in the record)."""
         node = self._nodes.get(number)
         if node is None:
             found = self.mft.try_attributes(number)
@@ -348,7 +349,10 @@ class NtfsVolume:
                 "it is EFS-encrypted: only the guest, with the owner's key, can read it",
                 source=label,
             )
-        if not stream:
+        reparse_point = node.find(AT.REPARSE_POINT) if not stream else []
+        if reparse_point:  # most files have none: their open needs no stat
+            if not wait and not all(a.resident for a in reparse_point):
+                return None  # its reparse data is on disk: the thread path reads it
             if node.stat is None:
                 node.stat = self._stat(number, node)
             st = node.stat
