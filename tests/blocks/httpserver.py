@@ -2,12 +2,15 @@
 
 It serves byte strings by URL path (HEAD, GET with one ``Range``, 206/416, keep-alive), optionally
 over TLS, in background threads.  ``Faults`` makes it misbehave for the first K requests (or for
-all of them): answer with a status, cut the body short, reset the connection, or stall.  Every
-request and every accepted connection is recorded so tests can count retries and reuse.
+all of them): answer with a status, cut the body short, reset the connection, stall, or trickle
+the answer a few bytes at a time.  Every request and every accepted connection is recorded so
+tests can count retries and reuse.  ``TrickleProxy`` relays a server's bytes slowly, TLS
+handshake included.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 import ssl
@@ -16,9 +19,10 @@ import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
+from typing import Self
 from urllib.parse import quote, unquote, urlsplit
 
-__all__ = ["Faults", "FileServer", "Seen"]
+__all__ = ["Faults", "FileServer", "Seen", "TrickleProxy"]
 
 ALWAYS = 1 << 30
 
@@ -38,6 +42,10 @@ class Faults:
     head_length: bool = True  # HEAD answers carry Content-Length
     head_allowed: bool = True  # HEAD is answered at all (else 405)
     ignore_range: bool = False  # GET always answers 200 with the whole file
+    trickle_first: int = 0  # answers sent ``trickle_bytes`` at a time ...
+    trickle_bytes: int = 1
+    trickle_interval: float = 0.05  # ... every this many seconds
+    trickle_headers: bool = False  # from the status line on, else only the body
 
     def take(self, name: str) -> bool:
         """Use up one of the ``name`` faults; True if this request gets it."""
@@ -105,6 +113,7 @@ class _Handler(BaseHTTPRequestHandler):
             reset = f.take("reset_first")
             stall = not reset and f.take("stall_first")
             status = f.status if f.status and not reset and f.take("status_first") else 0
+            trickle = not reset and not status and f.take("trickle_first")
             data = owner.files.get(path)
         if reset:
             self._reset()
@@ -126,6 +135,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Accept-Ranges", "bytes")
             if f.head_length:
                 self.send_header("Content-Length", str(len(data)))
+            if trickle and f.trickle_headers:
+                self._trickle(self._head())
+                return
             self.end_headers()
             return
         start, end, status = 0, len(data), 200
@@ -146,6 +158,9 @@ class _Handler(BaseHTTPRequestHandler):
         if status == 206:
             self.send_header("Content-Range", f"bytes {start}-{end - 1}/{len(data)}")
         self.send_header("Content-Length", str(len(body)))
+        if trickle:
+            self._trickle(self._head() + body if f.trickle_headers else body)
+            return
         self.end_headers()
         with owner.lock:
             drop = f.take("drop_first")
@@ -157,6 +172,34 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             owner.stopping.wait(f.stall_seconds)
         self.wfile.write(body)
+
+    def _head(self) -> bytes:
+        """The status line and headers sent so far, with the blank line: taken, not sent."""
+        self._headers_buffer.append(b"\r\n")  # type: ignore[attr-defined]
+        head = b"".join(self._headers_buffer)  # type: ignore[attr-defined]
+        self._headers_buffer = []  # type: ignore[attr-defined]
+        return head
+
+    def _trickle(self, payload: bytes) -> None:
+        """Send ``payload`` slowly (headers not yet sent are sent first, as they are)."""
+        owner = self.server.owner
+        f = owner.faults
+        step = max(1, f.trickle_bytes)
+        self.close_connection = True
+        try:
+            if getattr(self, "_headers_buffer", None):
+                self.end_headers()
+            for i in range(0, len(payload), step):
+                if i and owner.stopping.wait(f.trickle_interval):
+                    return
+                self.wfile.write(payload[i : i + step])
+                self.wfile.flush()
+        except OSError:  # the client gave up and closed the connection
+            with owner.lock:
+                owner.cut += 1
+            return
+        with owner.lock:
+            owner.trickled += 1
 
     def _simple(self, status: int, head: bool, headers: dict[str, str] | None = None) -> None:
         body = f"{status} {self.responses.get(status, ('',))[0]}\n".encode()
@@ -177,11 +220,30 @@ class _Handler(BaseHTTPRequestHandler):
         self.connection.close()
 
 
-class FileServer:
+class _Stoppable:
+    """``with`` stops it at the end."""
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class FileServer(_Stoppable):
     """Serve ``files`` (URL path -> bytes) on an ephemeral 127.0.0.1 port until ``stop()``.
 
     ``tls`` is ``(certfile, keyfile)`` for HTTPS.  ``faults`` may be replaced or changed at any
-    time; ``requests`` and ``connections`` count what the server saw.
+    time; ``requests`` and ``connections`` count what the server saw; ``trickled`` and ``cut``
+    count the trickled answers that were sent whole and those the client closed midway.
     """
 
     def __init__(self, files: dict[str, bytes], *, tls: tuple[str, str] | None = None):
@@ -189,6 +251,8 @@ class FileServer:
         self.faults = Faults()
         self.requests: list[Seen] = []
         self.connections = 0
+        self.trickled = 0
+        self.cut = 0
         self.lock = threading.Lock()
         self.stopping = threading.Event()
         self.tls: ssl.SSLContext | None = None
@@ -223,13 +287,75 @@ class FileServer:
         self._server.server_close()
         self._thread.join()
 
-    def __enter__(self) -> FileServer:
-        return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+class TrickleProxy(_Stoppable):
+    """A TCP relay from ``port`` on 127.0.0.1 to ``target``: the client's bytes go through at once,
+    the server's ``chunk`` bytes at a time every ``interval`` seconds, from the first byte (a TLS
+    handshake too).  ``cut`` counts relays that ended because the client closed midway.
+    """
+
+    def __init__(self, target: int, *, chunk: int = 1, interval: float = 0.05):
+        self.target, self.chunk, self.interval = target, chunk, interval
+        self.cut = 0
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self._sockets: list[socket.socket] = []
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.05)
+        self.port: int = self._listener.getsockname()[1]
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            client.settimeout(None)
+            threading.Thread(target=self._relay, args=(client,), daemon=True).start()
+
+    def _relay(self, client: socket.socket) -> None:
+        try:
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+        except OSError:
+            client.close()
+            return
+        with self.lock:
+            self._sockets += [client, upstream]
+        threading.Thread(target=self._pass, args=(client, upstream), daemon=True).start()
+        try:
+            while not self.stopping.is_set():
+                data = upstream.recv(self.chunk)
+                if not data:
+                    break
+                client.sendall(data)
+                if self.stopping.wait(self.interval):
+                    break
+        except OSError:
+            if not self.stopping.is_set():
+                with self.lock:
+                    self.cut += 1
+        finally:
+            client.close()
+            upstream.close()
+
+    @staticmethod
+    def _pass(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+            dst.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self._listener.close()
+        with self.lock:
+            for s in self._sockets:
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+        self._thread.join()

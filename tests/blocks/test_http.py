@@ -9,13 +9,22 @@ import time
 import warnings
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
 import urllib3
 from urllib3.exceptions import InsecureRequestWarning
 
 from tests.blocks.httpserver import ALWAYS, Faults, FileServer
-from vcbfs.blocks.http import HttpLocation, HttpOptions, HttpSession, HttpSource, redact_url
+from vcbfs.blocks.confine import ConfinementError
+from vcbfs.blocks.http import (
+    RENEWALS,
+    HttpLocation,
+    HttpOptions,
+    HttpSession,
+    HttpSource,
+    redact_url,
+)
 from vcbfs.errors import (
     AccessDeniedError,
     NotFoundError,
@@ -507,6 +516,121 @@ def test_sibling_opens_the_right_file_on_a_server(session: HttpSession) -> None:
             desc.sibling("missing.vmdk").open()
 
 
+# Names a VM file may hold (an extent, a parent hint, a .vmx's disk) that try to leave the
+# datastore of the URL or change its query: each one must stay below /folder of the same
+# datastore (the dsName and dcPath of BASE), as the path given here.
+ESCAPES = [
+    ("/etc/shadow", "/folder/vm%20one/shadow"),
+    ("/vmfs/volumes/other-ds/vm/base.vmdk", "/folder/vm%20one/base.vmdk"),
+    ("../../../../etc/shadow", "/folder/etc/shadow"),
+    ("../../host/esx.conf", "/folder/host/esx.conf"),
+    ("sub/../../../../x.vmdk", "/folder/x.vmdk"),
+    ("..\\..\\..\\etc\\shadow", "/folder/etc/shadow"),
+    ("C:\\Windows\\win.ini", "/folder/vm%20one/win.ini"),
+    ("\\\\server\\share\\x.vmdk", "/folder/vm%20one/x.vmdk"),
+    ("%2e%2e/%2e%2e/host/esx.conf", "/folder/vm%20one/%252e%252e/%252e%252e/host/esx.conf"),
+    ("..%2f..%2fhost%2fesx.conf", "/folder/vm%20one/..%252f..%252fhost%252fesx.conf"),
+    ("..;/..;/host/esx.conf", "/folder/vm%20one/..%3B/..%3B/host/esx.conf"),
+    ("x.vmdk?dsName=other", "/folder/vm%20one/x.vmdk%3FdsName%3Dother"),
+    ("?dsName=other&dcPath=dc2", "/folder/vm%20one/%3FdsName%3Dother%26dcPath%3Ddc2"),
+    ("x.vmdk&dcPath=evil&dsName=other", "/folder/vm%20one/x.vmdk%26dcPath%3Devil%26dsName%3Dother"),
+    ("x#/../../../host", "/folder/host"),
+    ("x.vmdk#frag", "/folder/vm%20one/x.vmdk%23frag"),
+    ("x\r\nHost: evil", "/folder/vm%20one/x%0D%0AHost%3A%20evil"),
+]
+
+
+def assert_in_datastore(url: str, expected_path: str | None = None) -> None:
+    """``url`` names a file below /folder/ of BASE's server, datastore and datacenter, and
+    sends exactly that path (urllib3 resolves dot segments before sending)."""
+    parts = urlsplit(url)
+    assert (parts.scheme, parts.netloc, parts.fragment) == ("https", "vc.example", "")
+    assert parse_qs(parts.query) == {"dcPath": ["Data Center"], "dsName": ["ds 1"]}
+    assert parts.query == "dcPath=Data%20Center&dsName=ds%201"
+    assert parts.path.startswith("/folder/")
+    assert urllib3.util.parse_url(url).path == parts.path
+    segments = parts.path.split("/")[2:]
+    assert all(unquote(seg) not in ("", ".", "..") for seg in segments)
+    assert all(c not in parts.path for c in "?#\\;&= ")
+    if expected_path is not None:
+        assert parts.path == expected_path
+
+
+@pytest.mark.parametrize(("name", "expected"), ESCAPES, ids=[e[0] for e in ESCAPES])
+def test_sibling_stays_in_the_datastore(session: HttpSession, name: str, expected: str) -> None:
+    base = HttpLocation(session, BASE)
+    sib = base.sibling(name)
+    assert_in_datastore(sib.url, expected)
+    # and from there on, too
+    for again in ("../../../../x", "/x", "..\\..\\x", "?dsName=x"):
+        assert_in_datastore(sib.sibling(again).url)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/folder/../host/esx.conf",
+        "/folder/%2e%2e/host/esx.conf",
+        "/folder/%2E%2E/%2e/host/esx.conf",
+        "/folder/..%2F..%2Fhost/esx.conf",
+        "/folder/..%5C..%5Chost%5Cesx.conf",
+        "/folder/vm/../../../host/esx.conf",
+    ],
+)
+def test_location_url_is_confined_below_folder(session: HttpSession, path: str) -> None:
+    """A datastore path (``[ds 1] ../host/esx.conf`` in a .vmx) made into a URL keeps out of
+    the server's other trees: urllib3 would send ``/folder/../host/x`` as ``/host/x``."""
+    loc = HttpLocation(session, f"https://vc.example{path}?dcPath=Data%20Center&dsName=ds%201")
+    assert_in_datastore(loc.url, "/folder/host/esx.conf")
+    assert loc.name == loc.url
+
+
+def test_location_at_the_datastore_root(session: HttpSession) -> None:
+    root = HttpLocation(session, "https://vc.example/folder?dcPath=Data%20Center&dsName=ds%201")
+    assert_in_datastore(root.sibling("x.vmdk").url, "/folder/x.vmdk")
+    assert_in_datastore(root.sibling("../../x.vmdk").url, "/folder/x.vmdk")
+
+
+def test_sibling_refuses_nul_and_directories(session: HttpSession) -> None:
+    base = HttpLocation(session, BASE)
+    for name in ("x\0.vmdk", "../\0/etc/shadow", "\0"):
+        with pytest.raises(ConfinementError, match="NUL") as info:
+            base.sibling(name)
+        assert isinstance(info.value, AccessDeniedError)
+        assert info.value.source == base.name
+    with pytest.raises(ConfinementError, match="NUL"):
+        HttpLocation(session, BASE.replace("vm%20one.vmdk", "x%00.vmdk"))
+    for name in ("", ".", "..", "sub/", "../..", "x.vmdk/.", "\\"):
+        with pytest.raises(NotFoundError, match="directory"):
+            base.sibling(name)
+
+
+def test_no_name_reaches_outside_folder_on_a_server(session: HttpSession) -> None:
+    """End to end: the server holds files outside /folder and in another datastore's query;
+    no escaping name reads them, and every request it sees is below /folder with the same
+    query."""
+    files = {
+        "/folder/vm one/vm one.vmdk": b"# Disk DescriptorFile\n",
+        "/host/esx.conf": b"secret host configuration",
+        "/etc/shadow": b"root:secret",
+        "/shadow": b"root:secret",
+    }
+    with FileServer(files) as srv:
+        # as vsphere/datastore.py builds it from "[ds1] vm one/../../host/esx.conf"
+        bad = srv.url("/folder/vm one/../../host/esx.conf")
+        with pytest.raises(NotFoundError):
+            HttpLocation(session, bad).open()
+        desc = HttpLocation(session, srv.url("/folder/vm one/vm one.vmdk"))
+        for name, _ in ESCAPES:
+            with pytest.raises(NotFoundError):
+                desc.sibling(name).open()
+        assert len(srv.requests) == 1 + len(ESCAPES)
+        for r in srv.requests:
+            assert r.path.startswith("/folder/"), r.path
+            assert r.path.endswith("?dcPath=dc&dsName=ds1"), r.path
+            assert r.path.count("?") == 1
+
+
 def test_closed_session_refuses_reads(server: FileServer) -> None:
     session = HttpSession(options())
     src = HttpSource(session, server.url(DISK))
@@ -537,8 +661,9 @@ def test_many_threads_share_a_small_pool(server: FileServer) -> None:
     assert server.connections <= 2
 
 
-def test_expired_cookie_is_renewed_once(server: FileServer) -> None:
-    """A 401 (an expired vSphere session) asks for a fresh cookie and tries again, once."""
+def test_expired_cookie_is_renewed_a_bounded_number_of_times(server: FileServer) -> None:
+    """A 401 (an expired vSphere session) asks for a fresh cookie and tries again: a few times
+    (sessions can end one after another), then the refusal stands."""
     renewed: list[str] = []
 
     def renew() -> str:
@@ -555,4 +680,4 @@ def test_expired_cookie_is_renewed_once(server: FileServer) -> None:
         server.faults = Faults(status=401, status_first=ALWAYS)
         with pytest.raises(AccessDeniedError):
             src.read_at(100, 100)
-        assert renewed == ["x", "x"]  # one renewal per read, then the refusal stands
+        assert len(renewed) == 1 + RENEWALS  # a bounded number per read, then the refusal stands

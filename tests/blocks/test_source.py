@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.memsource import MemorySource
+from vcbfs.blocks.confine import ConfinementError
 from vcbfs.blocks.local import LocalLocation, LocalSource
 from vcbfs.blocks.source import SliceSource, Span, ZeroSource, coalesce, read_exact
 from vcbfs.errors import AccessDeniedError, CorruptError, NotFoundError, OutOfRangeError, ReadError
@@ -92,7 +93,8 @@ def test_local_errors_are_typed(tmp_path: Path) -> None:
 def test_location_siblings(tmp_path: Path) -> None:
     loc = LocalLocation(tmp_path / "vm" / "disk.vmdk")
     assert loc.sibling("disk-flat.vmdk").name == str(tmp_path / "vm" / "disk-flat.vmdk")
-    assert loc.sibling("/abs/x.vmdk").name == "/abs/x.vmdk"
+    with pytest.raises(ConfinementError, match=r"'/abs/x\.vmdk', outside the box"):
+        loc.sibling("/abs/x.vmdk")
 
 
 def test_slice_and_zero_sources() -> None:

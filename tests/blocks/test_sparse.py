@@ -135,3 +135,22 @@ def test_fuzz_metadata_only_typed_errors(small: dict[str, bytes], kind: str, dat
     except VcbfsError:
         return
     assert len(out) <= 1 << 40
+
+
+def test_grain_directories_are_held_against_the_memory_budget(small: dict[str, bytes]) -> None:
+    import gc
+
+    from vcbfs.blocks.budget import BUDGET
+
+    gc.collect()
+    with BUDGET.lock:
+        BUDGET._evict()  # takes off the holds of extents already collected
+    before = BUDGET.held
+    ext = SparseExtent(MemorySource(small["monolithicSparse"]), SIZE)
+    directories = len(ext._gd) * 4 + (len(ext._rgd) * 4 if ext._rgd is not None else 0)
+    assert directories > 0 and BUDGET.held == before + directories
+    del ext
+    gc.collect()
+    with BUDGET.lock:
+        BUDGET._evict()  # the next operation takes a finalized hold off
+    assert BUDGET.held == before

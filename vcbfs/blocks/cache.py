@@ -24,6 +24,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 
+from vcbfs.blocks.budget import BYTES_OVERHEAD
 from vcbfs.blocks.lru import LRU
 from vcbfs.blocks.source import Buffer, ByteSource, Location, Span
 
@@ -74,6 +75,13 @@ class _Piece:
         self.count = -(-len(data) // block_size)
 
 
+PIECE_OVERHEAD = BYTES_OVERHEAD + 72  # the _Piece object (measured with sys.getsizeof)
+
+
+def _weigh_piece(piece: _Piece) -> int:
+    return len(piece.data) + PIECE_OVERHEAD
+
+
 class _Fetch:
     """One request to the source in progress; waiters block on ``done``."""
 
@@ -104,7 +112,9 @@ class CachedSource(ByteSource):
         self.background = background
         self.capacity = capacity
         # pieces by their first block, and the piece holding each cached block
-        self._pieces: LRU[int, _Piece] = LRU(capacity, lambda p: len(p.data), self._forget)
+        # ``capacity`` counts the blocks' bytes; each piece also costs its bookkeeping
+        room = capacity + PIECE_OVERHEAD * (capacity // block_size)
+        self._pieces: LRU[int, _Piece] = LRU(room, _weigh_piece, self._forget)
         self._where: dict[int, _Piece] = {}
         self._lock = threading.Lock()
         self._inflight: dict[int, _Fetch] = {}
@@ -274,9 +284,15 @@ class CachedSource(ByteSource):
             self.base.read_at(a * self.block_size, (b - a + 1) * self.block_size),
             self.block_size,
         )
-        if self._pieces.put(a, piece):
+        # Its blocks are found before the piece is in the LRU: once it is, another reader's
+        # put may evict it at any time, and the eviction must find them to forget them.
+        where = self._where
+        for i in range(a, a + piece.count):
+            where[i] = piece
+        if not self._pieces.put(a, piece):
             for i in range(a, a + piece.count):
-                self._where[i] = piece
+                if where.get(i) is piece:
+                    where.pop(i, None)
         for i in range(a, min(b, last) + 1):
             got[i] = piece
 

@@ -11,34 +11,25 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from vcbfs.blocks.confine import Box, open_file
 from vcbfs.blocks.source import Buffer, ByteSource, Location, Span
-from vcbfs.errors import AccessDeniedError, NotFoundError, ReadError
+from vcbfs.errors import ReadError
 
 __all__ = ["LocalLocation", "LocalSource", "open_local"]
 
 _RWF_NOWAIT = getattr(os, "RWF_NOWAIT", 0)
 
 
-def _os_error(exc: OSError, path: str) -> Exception:
-    if exc.errno == errno.ENOENT:
-        return NotFoundError("no such file", source=path)
-    if exc.errno in (errno.EACCES, errno.EPERM):
-        return AccessDeniedError("permission denied", source=path)
-    return ReadError(exc.strerror or str(exc), source=path)
-
-
 class LocalSource(ByteSource):
-    """A local file or block device read with ``pread``; the size is fixed at open."""
+    """A local file or block device read with ``pread``; the size is fixed at open.
 
-    def __init__(self, path: str | os.PathLike[str]):
+    Without a box the path is one the user named, and may be a block device; with one, it is a
+    name found in a VM file, opened only beneath the box and only if it is a regular file."""
+
+    def __init__(self, path: str | os.PathLike[str], box: Box | None = None):
         self.name = os.fspath(path)
+        self._fd = open_file(self.name, box, devices=box is None)
         try:
-            self._fd = os.open(self.name, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as exc:
-            raise _os_error(exc, self.name) from None
-        try:
-            if os.path.isdir(self.name):
-                raise ReadError("is a directory, not a disk file", source=self.name)
             self.size = os.lseek(self._fd, 0, os.SEEK_END)
         except BaseException:
             os.close(self._fd)
@@ -117,19 +108,33 @@ class LocalSource(ByteSource):
 
 
 class LocalLocation(Location):
-    """A path on this machine; siblings resolve against its directory."""
+    """A path on this machine; siblings resolve against its directory, inside its box.
 
-    def __init__(self, path: str | os.PathLike[str]):
+    The first location is the file the user named; its box (by default the directory holding
+    it) bounds every name its files lead to (see ``confine``)."""
+
+    def __init__(self, path: str | os.PathLike[str], box: Box | None = None, *, named: bool = True):
         self.path = Path(path)
         self.name = os.fspath(path)
+        self.box = box if box is not None else Box.around(path)
+        self._named = named  # named by the user: opened as given (a block device too)
 
     def open(self) -> ByteSource:
-        return LocalSource(self.path)
+        return LocalSource(self.path, None if self._named else self.box)
 
     def sibling(self, name: str) -> Location:
-        return LocalLocation(self.path.parent / name)
+        directory = os.path.dirname(os.path.realpath(self.path) if self._named else self.name)
+        path = self.box.resolve(directory, name, self.name)
+        return LocalLocation(path, self.box, named=False)
+
+    def read_small(self, limit: int) -> bytes:
+        """The whole file, if it holds at most ``limit`` bytes (a .vmx, an .nvram)."""
+        with self.open() as source:
+            if source.size > limit:
+                raise ReadError(f"{source.size} bytes is larger than {limit}", source=self.name)
+            return bytes(source.read_at(0, source.size))
 
 
 def open_local(path: str | os.PathLike[str]) -> LocalSource:
-    """Open a local file as a byte source."""
+    """Open a local file (or block device) the user named as a byte source."""
     return LocalSource(path)

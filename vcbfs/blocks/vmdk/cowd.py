@@ -15,6 +15,7 @@ from __future__ import annotations
 import struct
 from array import array
 
+from vcbfs.blocks.budget import BUDGET, weigh_array
 from vcbfs.blocks.lru import LRU
 from vcbfs.blocks.source import ByteSource, read_exact
 from vcbfs.blocks.vmdk.extent import SECTOR, GrainExtent, Kind, le_table
@@ -115,10 +116,9 @@ class CowdExtent(GrainExtent):
                 source=self.name,
                 offset=20,
             )
+        BUDGET.hold(self, gd_entries * 4, f"the COWD grain directory of {self.name}")
         self._gd = le_table(read_exact(file, gd_start, gd_entries * 4, "COWD grain directory"), 4)
-        self._tables: LRU[int, array[int]] = LRU(
-            max(cache_bytes, GT_BYTES), lambda t: t.itemsize * len(t)
-        )
+        self._tables: LRU[int, array[int]] = LRU(max(cache_bytes, GT_BYTES) + 1024, weigh_array)
 
     @staticmethod
     def _read_header(file: ByteSource) -> bytes:

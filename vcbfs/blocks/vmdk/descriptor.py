@@ -114,6 +114,17 @@ def looks_like_descriptor(head: bytes) -> bool:
     return b"createtype" in lowered and b"\x00" not in text.rstrip(b"\x00")[:512]
 
 
+def _number(text: str) -> int | None:
+    """A decimal count as tools write it (ASCII digits, at most 20 of them), else None.
+
+    ``str.isdigit`` also takes superscripts and other scripts' digits, which ``int`` refuses,
+    and ``int`` refuses more than 4300 digits: neither may escape as a bare ValueError.
+    """
+    if not (text.isascii() and text.isdigit()) or len(text) > 20:
+        return None
+    return int(text)
+
+
 def _unquote(value: str) -> str:
     value = value.strip()
     if len(value) >= 2 and value[0] == value[-1] == '"':
@@ -132,9 +143,9 @@ def _parse_extent(line: str, lineno: int, source: str | None) -> ExtentLine:
     access, sectors_text, ext_type = words[0].upper(), words[1], words[2].upper()
     if access not in ACCESS_MODES:
         raise bad(f"unknown access mode {words[0]!r}")
-    if not sectors_text.isdigit():
-        raise bad("extent size is not a number")
-    sectors = int(sectors_text)
+    sectors = _number(sectors_text)
+    if sectors is None:
+        raise bad("extent size is not a number (or longer than 20 digits)")
     if sectors <= 0 or sectors > 1 << 48:
         raise bad("extent size out of range")
     filename = None
@@ -147,9 +158,10 @@ def _parse_extent(line: str, lineno: int, source: str | None) -> ExtentLine:
             raise bad("empty file name")
         tail = tail.strip()
         if tail:
-            if not tail.split()[0].isdigit():
-                raise bad("extent offset is not a number")
-            offset = int(tail.split()[0])
+            number = _number(tail.split()[0])
+            if number is None:
+                raise bad("extent offset is not a number (or longer than 20 digits)")
+            offset = number
             if offset > 1 << 48:
                 raise bad("extent offset out of range")
     elif ext_type != "ZERO":

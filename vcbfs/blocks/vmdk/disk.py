@@ -17,6 +17,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from vcbfs.blocks.confine import ConfinementError
 from vcbfs.blocks.source import (
     Buffer,
     ByteSource,
@@ -290,14 +291,24 @@ def _open_chain(location: Location, owned: OwnedSources) -> list[Layer]:
 
 
 def _parent_location(child: Location, hint: str) -> Location:
-    """The parent named by a hint; an absolute ESXi path falls back to the child's directory."""
-    loc = child.sibling(hint)
-    if hint.startswith("/"):
-        try:
-            loc.open().close()
-        except NotFoundError:
-            return child.sibling(os.path.basename(hint))
-    return loc
+    """The parent named by a hint.  An absolute path that is not there (or not in the box: an
+    ESXi ``/vmfs/volumes/UUID/...`` of a datastore the proxy does not map) is looked up in the
+    child's directory, where a copied VM keeps it; if it is not there either, the first error
+    (the refusal, or not found) is the one reported."""
+    if not hint.startswith("/"):
+        return child.sibling(hint)
+    try:
+        loc = child.sibling(hint)
+        loc.open().close()
+        return loc
+    except (NotFoundError, ConfinementError) as exc:
+        first = exc
+    beside = child.sibling(os.path.basename(hint))
+    try:
+        beside.open().close()
+    except NotFoundError:
+        raise first from None
+    return beside
 
 
 def _open_layer(loc: Location, owned: OwnedSources) -> Layer:

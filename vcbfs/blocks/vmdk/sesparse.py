@@ -23,6 +23,7 @@ from __future__ import annotations
 import struct
 from array import array
 
+from vcbfs.blocks.budget import BUDGET, weigh_array
 from vcbfs.blocks.lru import LRU
 from vcbfs.blocks.source import ByteSource, read_exact
 from vcbfs.blocks.vmdk.extent import SECTOR, GrainExtent, Kind, le_table
@@ -154,13 +155,12 @@ class SeSparseExtent(GrainExtent):
                 source=self.name,
                 offset=8 * HEADER_FIELDS.index("grain_dir_size"),
             )
+        BUDGET.hold(self, tables * 8, f"the SEsparse grain directory of {self.name}")
         gd = read_exact(
             file, h["grain_dir_offset"] * SECTOR, tables * 8, "SEsparse grain directory"
         )
         self._gd = le_table(gd, 8)
-        self._tables: LRU[int, array[int]] = LRU(
-            max(cache_bytes, GT_BYTES), lambda t: t.itemsize * len(t)
-        )
+        self._tables: LRU[int, array[int]] = LRU(max(cache_bytes, GT_BYTES) + 1024, weigh_array)
 
     def _check_const(self, h: dict[str, int], pad: bytes) -> None:
         def unsupported(what: str, field: str) -> UnsupportedError:

@@ -18,6 +18,7 @@ import zlib
 from array import array
 from dataclasses import dataclass
 
+from vcbfs.blocks.budget import BUDGET, weigh_array, weigh_bytes
 from vcbfs.blocks.lru import LRU
 from vcbfs.blocks.source import ByteSource, read_exact
 from vcbfs.blocks.vmdk.extent import SECTOR, GrainExtent, Kind, Run, le_table
@@ -182,8 +183,8 @@ class SparseExtent(GrainExtent):
                 self._rgd = self._read_directory(h.rgd_offset, "redundant grain directory")
             except CorruptError:
                 self._rgd = None
-        self._tables: LRU[int, array[int]] = LRU(TABLE_CACHE_BYTES, lambda t: len(t) * 4)
-        self._grains: LRU[int, bytes] = LRU(GRAIN_CACHE_BYTES, len)
+        self._tables: LRU[int, array[int]] = LRU(TABLE_CACHE_BYTES, weigh_array)
+        self._grains: LRU[int, bytes] = LRU(GRAIN_CACHE_BYTES, weigh_bytes)
 
     def _read_directory(self, sector: int, what: str) -> array[int]:
         nbytes = self._gd_entries * 4
@@ -191,6 +192,7 @@ class SparseExtent(GrainExtent):
             raise CorruptError(
                 f"{what} of {self._gd_entries} entries is too large", source=self.name
             )
+        BUDGET.hold(self, nbytes, f"the {what} of {self.name}")
         raw = read_exact(self.file, sector * SECTOR, nbytes, what) if nbytes else b""
         return le_table(raw, 4)
 
