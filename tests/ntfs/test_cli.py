@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.images import link_into
 from tests.ntfs.ntfsimages import NtfsImage
 
 SECTOR = 512
@@ -35,10 +36,11 @@ def vmdk(ntfs_image: NtfsImage, tmp_path_factory: pytest.TempPathFactory) -> Pat
     subprocess.run(["sfdisk", "-q", str(whole)], input=table.encode(), check=True)
     head.write_bytes(whole.read_bytes()[: 2048 * SECTOR])
     whole.unlink()
+    volume = link_into(ntfs_image.path, d, "volume.img").name  # beside its descriptor
     (d / "disk.vmdk").write_text(
         "# Disk DescriptorFile\nversion=1\nCID=0000abcd\nparentCID=ffffffff\n"
         'createType="monolithicFlat"\n'
-        f'RW 2048 FLAT "head.bin" 0\nRW {sectors} FLAT "{ntfs_image.path}" 0\n'
+        f'RW 2048 FLAT "head.bin" 0\nRW {sectors} FLAT "{volume}" 0\n'
     )
     return d / "disk.vmdk"
 

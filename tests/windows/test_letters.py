@@ -48,7 +48,9 @@ from tests.windows.hives import (
     regf_checksum,
     unsynced,
 )
+from vcbfs.blocks.budget import BUDGET, Budget, OverBudgetError
 from vcbfs.blocks.local import open_local
+from vcbfs.blocks.lru import LRU
 from vcbfs.blocks.partitions import read_partitions
 from vcbfs.errors import CorruptError, NotFoundError, UnsupportedError, VcbfsError
 from vcbfs.ntfs.volume import NtfsVolume
@@ -64,6 +66,7 @@ from vcbfs.windows.letters import (
 from vcbfs.windows.registry import (
     Hive,
     mounted_devices,
+    open_system_hive,
     parse_header,
     read_system_hive,
     read_volume_file,
@@ -486,3 +489,41 @@ def test_hive_builder_round_trip(tmp_path: Path) -> None:
     path = build_system_hive(tmp_path / "SYSTEM", mounted)
     assert hivex_export_binary(path, "\\MountedDevices") == mounted
     assert mounted_devices(path.read_bytes()) == mounted
+
+
+# --- the hive and the memory budget ----------------------------------------------------------
+
+
+def test_the_hive_is_held_once_and_counted_against_the_budget(vm: Vm, hive: bytes) -> None:
+    """Its bytes go from the volume to regipy through a memfd in pieces (no copy of the whole
+    in this process beside regipy's own), reserved against the budget while it is in use."""
+    budget = Budget(8 * len(hive))
+    cache: LRU[int, bytes] = LRU(1 << 30, len, budget=budget)
+    for i in range(8):
+        cache.put(i, bytes(len(hive)))
+    with open_system_hive(vm.c_ntfs, budget=budget) as opened:
+        assert opened is not None
+        assert opened.binary_values("MountedDevices") == MOUNTED_VALUES
+        assert budget.reserved == len(hive)
+        assert budget.used + budget.reserved <= budget.capacity  # the caches made room
+    assert budget.reserved == 0
+    with pytest.raises(CorruptError):  # let go of: regipy's copy is gone
+        opened.binary_values("MountedDevices")
+    with open_system_hive(vm.f_ntfs, budget=budget) as none:
+        assert none is None
+
+
+def test_a_hive_beyond_the_budget_is_refused_with_a_note(vm: Vm, hive: bytes) -> None:
+    with (
+        pytest.raises(OverBudgetError, match=r"SYSTEM hive .* more than the whole memory budget"),
+        open_system_hive(vm.c_ntfs, budget=Budget(2 * len(hive) - 1)),
+    ):
+        pass  # room for one copy, not for regipy's read beside the memfd
+    capacity = BUDGET.capacity
+    BUDGET.capacity = len(hive)
+    try:
+        found = find_letters(vm.volumes)
+    finally:
+        BUDGET.capacity = capacity
+    assert found.letters == {}
+    assert "memory budget" in found.notes[0] and "cannot read the SYSTEM hive" in found.notes[0]

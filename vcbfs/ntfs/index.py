@@ -30,11 +30,23 @@ _NODE = struct.Struct("<IIIB")
 _ENTRY = struct.Struct("<QHHH")
 
 
+# Measured against a deep sys.getsizeof of parsed nodes (tests/blocks/test_budget.py): the
+# IndexEntry and its FileName tuple with their ints, and the name (at most 4 bytes a character).
+ENTRY_OVERHEAD = 480
+NODE_CACHE = 16 << 20  # a directory's own node cache, when the volume gives it none
+INDEX_OVERHEAD = 2048  # the DirectoryIndex and its allocation stream (its runs are extra)
+
+
 class IndexEntry(NamedTuple):
     record: int
     seq: int
     key: FileName | None  # None for the last entry of a node
     subnode: int | None  # VCN of the child node
+
+
+def weigh_node(node: list[IndexEntry]) -> int:
+    """Bytes a parsed index node holds."""
+    return 56 + sum(ENTRY_OVERHEAD + (0 if e.key is None else 4 * len(e.key.name)) for e in node)
 
 
 def parse_node(buf: bytes | bytearray, at: int, source: str, where: str) -> list[IndexEntry]:
@@ -80,7 +92,12 @@ class DirectoryIndex:
         vcn_size: int,
         upcase: UpCase,
         name: str,
+        nodes: LRU[tuple[int, int], list[IndexEntry]] | None = None,
+        key: int = 0,
     ):
+        """``nodes`` is a cache of parsed nodes, keyed ``(key, vcn)``, that the directories of
+        a volume share (so that a directory index dropped from a cache leaves its nodes to
+        age out with everything else); by default the index has its own."""
         self.name = name
         self.upcase = upcase
         if len(root_value) < 32:
@@ -89,10 +106,12 @@ class DirectoryIndex:
         self.allocation = allocation
         self.block_size = block_size
         self.vcn_size = vcn_size
-        self._nodes: LRU[int, list[IndexEntry]] = LRU(256)
+        self._nodes = nodes if nodes is not None else LRU(NODE_CACHE, weigh_node)
+        self._key = key
+        self.weight = weigh_node(self.root) + len(root_value) + INDEX_OVERHEAD
 
     def _node(self, vcn: int) -> list[IndexEntry]:
-        cached = self._nodes.get(vcn)
+        cached = self._nodes.get((self._key, vcn))
         if cached is not None:
             return cached
         if self.allocation is None:
@@ -106,7 +125,7 @@ class DirectoryIndex:
         if int.from_bytes(buf[16:24], "little") != vcn:
             raise CorruptError(f"index block at VCN {vcn} says it is another", source=self.name)
         node = parse_node(buf, 24, self.name, f"index block at VCN {vcn}")
-        self._nodes.put(vcn, node)
+        self._nodes.put((self._key, vcn), node)
         return node
 
     def entries(self) -> Iterator[IndexEntry]:

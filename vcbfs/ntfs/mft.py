@@ -35,7 +35,7 @@ __all__ = ["FileRecord", "Mft"]
 _RECORD = struct.Struct("<4sHHQHHHHIIQHxxI")
 FLAG_IN_USE = 0x01
 FLAG_DIRECTORY = 0x02
-RECORD_CACHE = 8192
+RECORD_CACHE = 32 << 20  # parsed records, in bytes (about 1.5 KiB each for 1 KiB on disk)
 MAX_EXTENSIONS = 4096
 RECORD_BLOCK = 64 << 10
 RECORD_BLOCK_CACHE = 16 << 20
@@ -50,6 +50,7 @@ class FileRecord:
     base: int  # record number of the base record (0 for a base record, or for $MFT's extensions)
     base_ref: int  # the raw base reference: non-zero marks an extension record
     attributes: list[Attribute]
+    weight: int = 0  # bytes it holds, parsed (see weigh_record); 0 if not known
 
     @property
     def in_use(self) -> bool:
@@ -64,6 +65,23 @@ class FileRecord:
         return bool(self.flags & FLAG_DIRECTORY)
 
 
+# Measured against a deep sys.getsizeof of parsed records (tests/blocks/test_budget.py): an
+# Attribute object with its ints, and a FileRecord with its list.
+ATTRIBUTE_OVERHEAD = 250
+RECORD_OVERHEAD = 160
+
+
+def weigh_attributes(attrs: list[Attribute]) -> int:
+    """Bytes a list of parsed attributes holds (values, runlists and names included)."""
+    return 64 + sum(
+        ATTRIBUTE_OVERHEAD + len(a.value) + len(a.runlist) + 2 * len(a.name) for a in attrs
+    )
+
+
+def weigh_record(rec: FileRecord) -> int:
+    return rec.weight or RECORD_OVERHEAD + weigh_attributes(rec.attributes)
+
+
 class Mft:
     """Read MFT records of a volume; records are cached (bounded)."""
 
@@ -72,7 +90,7 @@ class Mft:
         self.boot = boot
         self.record_size = boot.record_size
         self.name = volume.name
-        self._cache: LRU[int, FileRecord] = LRU(RECORD_CACHE)
+        self._cache: LRU[int, FileRecord] = LRU(RECORD_CACHE, weigh_record)
         self._last: tuple[int, bytes] | None = None  # the last record block read
         rec0 = self._parse(
             read_exact(volume, boot.mft_lcn * boot.cluster_size, boot.record_size, "$MFT record 0"),
@@ -137,7 +155,10 @@ class Mft:
         buf, header = self._header(raw, number, offset)
         (_m, _usa, _uc, _lsn, seq, links, first, flags, used, _alloc, base, _next, _num) = header
         attrs = parse_attributes(buf, first, used, number, self.name, offset)
-        return FileRecord(number, seq, flags, links, base & MFT_REF_MASK, base, attrs)
+        # Its values, runlists and names all come from the record's used bytes: weighed by
+        # those (their headers too), not by a walk over what was parsed.
+        weight = RECORD_OVERHEAD + ATTRIBUTE_OVERHEAD * len(attrs) + used - first
+        return FileRecord(number, seq, flags, links, base & MFT_REF_MASK, base, attrs, weight)
 
     def stat_fields(self, number: int) -> tuple[int, bool, bytes, int, int, int, bool] | None:
         """For a base record in use: (sequence, is a directory, ``scan_for_stat``'s five

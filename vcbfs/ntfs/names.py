@@ -21,8 +21,7 @@ class UpCase:
     def __init__(self, table: bytes, source: str = "$UpCase"):
         if len(table) < 2 * 128 or len(table) % 2:
             raise CorruptError(f"$UpCase is {len(table)} bytes, not a table", source=source)
-        units = memoryview(table[: 2 * 65536]).cast("H")
-        self._map = {i: u for i, u in enumerate(units) if u != i and not 0xD800 <= u < 0xE000}
+        self._map = _translation(bytes(table[: 2 * 65536]))
 
     def upper(self, name: str) -> str:
         return name.translate(self._map)
@@ -37,6 +36,14 @@ class UpCase:
     def fold(self, name: str) -> bytes:
         """The case-insensitive part of the key alone."""
         return self.upper(name).encode("utf-16-be", "surrogatepass")
+
+
+@functools.lru_cache(maxsize=8)
+def _translation(table: bytes) -> dict[int, int]:
+    """The ``str.translate`` map of a table, built once per distinct table: the volumes of one
+    Windows version share theirs, and building it walks 65536 entries (milliseconds)."""
+    units = memoryview(table).cast("H")
+    return {i: u for i, u in enumerate(units) if u != i and not 0xD800 <= u < 0xE000}
 
 
 def _default_table() -> bytes:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
+from vcbfs.blocks.budget import weigh_bytes
 from vcbfs.blocks.lru import LRU
 from vcbfs.blocks.source import Buffer, ByteSource, Span, assemble, coalesce, zeros
 from vcbfs.errors import CorruptError, UnsupportedError
@@ -87,7 +88,7 @@ class AttributeStream(ByteSource):
                     source=name,
                 )
             self.unit = (1 << first.compression_unit) * cs
-            self._units: LRU[int, bytes] = LRU(UNIT_CACHE_BYTES, len)
+            self._units: LRU[int, bytes] = LRU(UNIT_CACHE_BYTES, weigh_bytes)
         elif first.compressed:
             raise UnsupportedError("compressed attribute without a compression unit", source=name)
 

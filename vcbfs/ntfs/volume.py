@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from vcbfs.blocks.budget import BUDGET, OverBudgetError
 from vcbfs.blocks.lru import LRU
 from vcbfs.blocks.source import ByteSource
 from vcbfs.errors import CorruptError, NotADirectory, NotFoundError, UnavailableError
@@ -30,8 +31,8 @@ from vcbfs.ntfs.attributes import (
     parse_standard_information,
 )
 from vcbfs.ntfs.boot import BootSector, read_backup_boot_sector, read_boot_sector
-from vcbfs.ntfs.index import DirectoryIndex
-from vcbfs.ntfs.mft import FileRecord, Mft
+from vcbfs.ntfs.index import DirectoryIndex, IndexEntry, weigh_node
+from vcbfs.ntfs.mft import FileRecord, Mft, weigh_attributes, weigh_record
 from vcbfs.ntfs.names import UpCase, default_upcase
 from vcbfs.ntfs.reparse import TAG_WOF, Reparse, missing_data, parse_reparse
 from vcbfs.ntfs.stream import open_stream
@@ -47,7 +48,14 @@ FILE_ATTRIBUTE_DIRECTORY = 0x10
 FILE_ATTRIBUTE_REPARSE_POINT = 0x400
 FILE_ATTRIBUTE_ENCRYPTED = 0x4000
 DUP_DIRECTORY = 0x10000000  # $FILE_NAME flag: the file is a directory
-STAT_CACHE = 1 << 14  # stats of records read lean (about 300 bytes each: 5 MiB)
+# Cache bounds in bytes (all of them also within the process-wide memory budget).
+NODE_CACHE = 16 << 20  # parsed records with their attributes (about 2 KiB each)
+STAT_CACHE = 8 << 20  # stats of records read lean (about 450 bytes each)
+INDEX_CACHE = 4 << 20  # directory indexes: their root nodes
+INDEX_NODE_CACHE = 64 << 20  # parsed INDX nodes of every directory (about 3x their 4 KiB)
+STAT_OVERHEAD = 450  # an NtfsStat with its ints (measured, tests/blocks/test_budget.py)
+SDS_ENTRY = 200  # a security id in the $Secure index: dict slot, key, tuple and two ints
+RUN_OVERHEAD = 120  # one run of a run map: a Run tuple, its ints and a list slot
 
 
 class DirEntry(NamedTuple):
@@ -86,6 +94,23 @@ class _Node:
         return [a for a in self.attrs if a.type == atype and a.name == name]
 
 
+def _weigh_stat(st: NtfsStat) -> int:
+    return STAT_OVERHEAD + (0 if st.reparse is None else 200 + len(st.reparse.data))
+
+
+def _weigh_node(node: _Node) -> int:
+    """The record, its attributes (if gathered from extension records too) and a stat."""
+    weight = weigh_record(node.record) + STAT_OVERHEAD
+    if node.attrs is not node.record.attributes:
+        weight += weigh_attributes(node.attrs)
+    return weight
+
+
+def _weigh_index(index: DirectoryIndex) -> int:
+    runs = getattr(getattr(index.allocation, "map", None), "_runs", ())
+    return index.weight + RUN_OVERHEAD * len(runs)
+
+
 class NtfsVolume:
     """A read-only NTFS volume over a byte source (a partition of a virtual disk)."""
 
@@ -110,12 +135,16 @@ class NtfsVolume:
         self.notes: list[str] = []
         if self.boot.from_backup:
             self.notes.append("primary boot sector is damaged; using the backup")
-        self._nodes: LRU[int, _Node] = LRU(4096)
-        self._stats: LRU[int, NtfsStat] = LRU(STAT_CACHE)
-        self._indexes: LRU[int, DirectoryIndex] = LRU(256)
+        self._nodes: LRU[int, _Node] = LRU(NODE_CACHE, _weigh_node)
+        self._stats: LRU[int, NtfsStat] = LRU(STAT_CACHE, _weigh_stat)
+        self._indexes: LRU[int, DirectoryIndex] = LRU(INDEX_CACHE, _weigh_index)
+        self._index_nodes: LRU[tuple[int, int], list[IndexEntry]] = LRU(
+            INDEX_NODE_CACHE, weigh_node
+        )
         self._sds: ByteSource | None = None
         self._sds_index: dict[int, tuple[int, int]] | None = None
         self._sds_lock = threading.Lock()
+        self._sds_error: OverBudgetError | None = None
         self.upcase = self._load_upcase()
         self.label, self.version = self._load_volume_info()
 
@@ -284,6 +313,8 @@ class NtfsVolume:
             vcn_size,
             self.upcase,
             f"{self.name}: directory record {number}",
+            self._index_nodes,
+            number,
         )
         self._indexes.put(number, index)
         return index
@@ -447,8 +478,16 @@ class NtfsVolume:
         if self._sds_index is not None:
             return self._sds_index
         with self._sds_lock:  # one scan; the others wait for it, never see half of it
+            if self._sds_error is not None:
+                raise self._sds_error  # scanned once: too large for the memory budget
             if self._sds_index is None:
-                self._sds_index = self._scan_sds()
+                index = self._scan_sds()
+                try:  # kept for the volume's life: counted against the memory budget
+                    BUDGET.hold(self, SDS_ENTRY * len(index), f"{self.name}: the $Secure index")
+                except OverBudgetError as exc:
+                    self._sds_error = exc
+                    raise
+                self._sds_index = index
             return self._sds_index
 
     def _scan_sds(self) -> dict[int, tuple[int, int]]:

@@ -30,9 +30,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from vcbfs.blocks.budget import OverBudgetError
 from vcbfs.blocks.partitions import Partition, PartitionTable
-from vcbfs.errors import NotFoundError, VcbfsError
-from vcbfs.windows.registry import MAX_HIVE_SIZE, Hive, read_system_hive
+from vcbfs.errors import NotADirectory, NotFoundError, ReadError, UnsupportedError, VcbfsError
+from vcbfs.windows.registry import MAX_HIVE_SIZE, open_system_hive
 
 if TYPE_CHECKING:
     from vcbfs.ntfs.volume import NtfsVolume
@@ -229,25 +230,26 @@ def find_letters(
     for vid, vol in volumes:
         if vol is None:
             continue
+        # The hive is held once, counted against the memory budget, and only while its
+        # MountedDevices is read.
         try:
-            data = read_system_hive(vol, max_hive_size)
-        except VcbfsError as exc:
+            with open_system_hive(vol, max_hive_size) as hive:
+                if hive is None:
+                    continue
+                try:
+                    mounted = hive.binary_values("MountedDevices")
+                except NotFoundError:
+                    notes.append(f"{vid}: SYSTEM hive has no MountedDevices key")
+                    continue
+                hive_notes, dirty = hive.notes, hive.dirty
+        except (UnsupportedError, ReadError, NotFoundError, NotADirectory, OverBudgetError) as exc:
             notes.append(f"{vid}: cannot read the SYSTEM hive: {exc}")
-            continue
-        if data is None:
-            continue
-        try:
-            hive = Hive(data, "SYSTEM")
-            del data
-            mounted = hive.binary_values("MountedDevices")
-        except NotFoundError:
-            notes.append(f"{vid}: SYSTEM hive has no MountedDevices key")
             continue
         except VcbfsError as exc:
             notes.append(f"{vid}: cannot use the SYSTEM hive: {exc}")
             continue
-        notes += [f"{vid}: {note}" for note in hive.notes]
-        if hive.dirty:
+        notes += [f"{vid}: {note}" for note in hive_notes]
+        if dirty:
             notes.append(
                 f"{vid}: SYSTEM hive was not cleanly written (its transaction logs are not "
                 "applied); recent changes may be missing"

@@ -12,6 +12,9 @@ regipy 6.5 facts this wrapper relies on (measured):
   ``BytesIO``; there is no way to hand it bytes or a file object.  The hive is given to it as a
   Linux ``memfd`` named by ``/proc/self/fd/N`` (nothing is written to disk, nothing is left behind),
   or, where that is not available, as a private ``NamedTemporaryFile`` deleted right after.
+  ``open_system_hive`` copies the file from the volume into that memfd in pieces, so regipy's
+  copy is the only one this process holds (the audit found a 512 MiB hive held three times:
+  the joined read, the caller's bytes and regipy's), and counts it against the memory budget.
 * ``iter_values()`` defaults to ``trim_values=True``, which turns REG_BINARY data into a hex
   string cut to ``MAX_LEN`` characters.  We ask for ``trim_values=False`` (raw ``bytes``) and still
   convert a hex string back to bytes should one come through.
@@ -38,12 +41,14 @@ import os
 import struct
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from regipy.registry import RegistryHive
 
+from vcbfs.blocks.budget import BUDGET, Budget
+from vcbfs.blocks.source import ByteSource
 from vcbfs.errors import (
     CorruptError,
     NotADirectory,
@@ -63,6 +68,8 @@ __all__ = [
     "HiveHeader",
     "RegValue",
     "mounted_devices",
+    "open_system_hive",
+    "open_volume_file",
     "parse_header",
     "read_system_hive",
     "read_volume_file",
@@ -78,6 +85,7 @@ BASE_BLOCK_SIZE = 4096
 HBIN_HEADER_SIZE = 32
 ROOT_CELL_OFFSET = HBIN_HEADER_SIZE
 """Where every hive writer puts the root key: the first cell of the first hive bin."""
+HEADER_BYTES = BASE_BLOCK_SIZE + HBIN_HEADER_SIZE  # what parse_header looks at
 
 _BASE_BLOCK = struct.Struct("<4sIIQIIIIII")
 _READ_CHUNK = 4 << 20
@@ -131,6 +139,47 @@ def read_system_hive(volume: NtfsVolume, max_size: int = MAX_HIVE_SIZE) -> bytes
     return read_volume_file(volume, SYSTEM_HIVE_PATH, max_size)
 
 
+def open_volume_file(volume: NtfsVolume, path: str, max_size: int) -> ByteSource | None:
+    """The unnamed data of the file at ``path`` as a source (None if there is no such file);
+    ``UnsupportedError`` if it is larger than ``max_size``."""
+    try:
+        source = volume.open(volume.lookup(path))
+    except (NotFoundError, NotADirectory):
+        return None
+    if source.size > max_size:
+        raise UnsupportedError(
+            f"{path} is {source.size} bytes, more than the {max_size}-byte limit",
+            source=volume.name,
+        )
+    return source
+
+
+@contextlib.contextmanager
+def open_system_hive(
+    volume: NtfsVolume, max_size: int = MAX_HIVE_SIZE, budget: Budget = BUDGET
+) -> Iterator[Hive | None]:
+    """The SYSTEM hive of ``volume``, parsed (None if it has none), while the block runs.
+
+    The hive is held once: its bytes go from the volume to a memfd in 4 MiB pieces, and regipy
+    reads them from there into the one copy it keeps.  That copy is reserved against the
+    process-wide memory budget for as long as the block runs (twice its size while regipy
+    reads it, the memfd beside it), so the caches shrink to make room; a hive larger than
+    half the budget raises ``OverBudgetError``."""
+    source = open_volume_file(volume, SYSTEM_HIVE_PATH, max_size)
+    if source is None:
+        yield None
+        return
+    size = source.size
+    what = f"the SYSTEM hive of {volume.name} (twice its {size} bytes while it is parsed)"
+    with budget.reserve(2 * size, what) as held:
+        hive = Hive.from_source(source, "SYSTEM")
+        held.release(size)  # the memfd is gone: only regipy's copy is left
+        try:
+            yield hive
+        finally:
+            hive.close()
+
+
 # --- the base block ------------------------------------------------------------------------
 
 
@@ -160,16 +209,18 @@ def _checksum(block: bytes) -> int:
     return value
 
 
-def parse_header(data: bytes, name: str = "hive") -> HiveHeader:
+def parse_header(data: bytes, name: str = "hive", size: int | None = None) -> HiveHeader:
     """Check the base block and the first hive bin of a primary hive file.
 
+    ``data`` is the file, or its first ``HEADER_BYTES`` when ``size`` gives the file's size.
     Raises ``CorruptError`` for a file that is not a hive or is cut short, and
     ``UnsupportedError`` for a hive version or file type vcbfs does not read.
     """
     need = BASE_BLOCK_SIZE + HBIN_HEADER_SIZE
-    if len(data) < need:
+    size = len(data) if size is None else size
+    if min(size, len(data)) < need:
         raise CorruptError(
-            f"registry hive is truncated: {len(data)} bytes, a hive has at least {need}",
+            f"registry hive is truncated: {size} bytes, a hive has at least {need}",
             source=name,
         )
     sig, seq1, seq2, _ts, major, minor, ftype, _fmt, root, bins_size = _BASE_BLOCK.unpack_from(data)
@@ -185,10 +236,10 @@ def parse_header(data: bytes, name: str = "hive") -> HiveHeader:
         )
     if bins_size == 0 or bins_size % 4096:
         raise CorruptError(f"bad hive bins data size {bins_size}", source=name, offset=40)
-    if BASE_BLOCK_SIZE + bins_size > len(data):
+    if BASE_BLOCK_SIZE + bins_size > size:
         raise CorruptError(
             f"registry hive is truncated: its header says {BASE_BLOCK_SIZE + bins_size} bytes, "
-            f"the file has {len(data)}",
+            f"the file has {size}",
             source=name,
         )
     if data[BASE_BLOCK_SIZE : BASE_BLOCK_SIZE + 4] != b"hbin":
@@ -236,26 +287,56 @@ def _short(exc: BaseException) -> str:
     return text if len(text) <= _MAX_MESSAGE else text[: _MAX_MESSAGE - 3] + "..."
 
 
-@contextlib.contextmanager
-def _private_path(data: bytes) -> Iterator[str]:
+def _private_path(data: bytes) -> contextlib.AbstractContextManager[str]:
     """A path naming a private copy of ``data``, gone when the block ends."""
+    return _private_copy(lambda write: write(data))
+
+
+def _private_path_from(source: ByteSource) -> contextlib.AbstractContextManager[str]:
+    """A path naming a private copy of ``source``'s bytes, copied in pieces (never whole in
+    this process), gone when the block ends."""
+    return _private_copy(lambda write: _copy(source, write))
+
+
+@contextlib.contextmanager
+def _private_copy(fill: Callable[[Callable[[bytes], object]], None]) -> Iterator[str]:
+    """A memfd (else a 0600 temporary file) that ``fill`` writes through the function it is
+    given; its path for the block's time."""
     fd = -1
     with contextlib.suppress(AttributeError, OSError):
         if os.path.isdir("/proc/self/fd"):
             fd = os.memfd_create("vcbfs-hive", os.MFD_CLOEXEC)
     if fd >= 0:
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            fill(lambda chunk: _write_all(fd, chunk))
             yield f"/proc/self/fd/{fd}"
         finally:
             os.close(fd)
         return
     with tempfile.NamedTemporaryFile(prefix="vcbfs-hive-") as f:  # mode 0600, O_EXCL
-        f.write(data)
+        fill(f.write)
         f.flush()
         yield f.name
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _copy(source: ByteSource, write: Any) -> None:
+    offset, size = 0, source.size
+    while offset < size:
+        chunk = source.read_at(offset, min(_READ_CHUNK, size - offset))
+        if not chunk:
+            break
+        write(chunk)
+        offset += len(chunk)
+    if offset != size:
+        raise CorruptError(
+            f"the hive is {size} bytes but its data ends after {offset}", source=source.name
+        )
 
 
 def _key_parts(path: str) -> list[str]:
@@ -273,20 +354,38 @@ class Hive:
     stops at the first bad value record) keeps the values read before it, and ``notes`` says so.
     """
 
-    def __init__(self, data: bytes, name: str = "hive"):
+    def __init__(self, data: bytes | None, name: str = "hive", *, _source: Any = None):
         self.name = name
-        self.header = parse_header(data, name)
+        if _source is None:
+            assert data is not None
+            self.header = parse_header(data, name)
+            opened = _private_path(data)
+        else:  # from_source: the header is checked, the bytes are not in this process
+            self.header = _source[1]
+            opened = _private_path_from(_source[0])
         self.notes: list[str] = []
         self._lock = threading.Lock()
         try:
-            with _private_path(data) as path:
-                self._reg = RegistryHive(path)
+            with opened as path:
+                self._reg: Any = RegistryHive(path)
         except VcbfsError:
             raise
         except OSError as exc:
             raise ReadError(f"cannot hand the hive to regipy: {_short(exc)}", source=name) from exc
         except Exception as exc:
             raise CorruptError(f"registry hive is corrupt: {_short(exc)}", source=name) from exc
+
+    @classmethod
+    def from_source(cls, source: ByteSource, name: str = "hive") -> Hive:
+        """The hive in ``source`` (a file on a volume), held once: by regipy."""
+        head = source.read_at(0, min(source.size, HEADER_BYTES))
+        header = parse_header(head, name, size=source.size)
+        return cls(None, name, _source=(source, header))
+
+    def close(self) -> None:
+        """Let go of regipy's copy of the hive (later calls raise CorruptError)."""
+        with self._lock:
+            self._reg = None
 
     @property
     def dirty(self) -> bool:
