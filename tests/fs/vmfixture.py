@@ -18,7 +18,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.images import cache_dir, qemu_vmdk, run
+from tests.images import cache_dir, link_into, qemu_vmdk, run
 from tests.ntfs.ntfsimages import NtfsImage, ntfs3g_mounted
 
 SECTOR = 512
@@ -118,11 +118,12 @@ def build_test_vm(data: NtfsImage, make_hive) -> TestVm:  # type: ignore[no-unty
         f.seek((2048 + vol_sectors) * SECTOR)
         (root / "data-tail.bin").write_bytes(f.read(2048 * SECTOR))
     probe.unlink()
+    volume = link_into(data.path, root, "data-volume.img").name  # beside its descriptor
     vm.data_vmdk.write_text(
         "# Disk DescriptorFile\nversion=1\nCID=0badf00d\nparentCID=ffffffff\n"
         'createType="monolithicFlat"\n'
         'RW 2048 FLAT "data-head.bin" 0\n'
-        f'RW {vol_sectors} FLAT "{data.path}" 0\n'
+        f'RW {vol_sectors} FLAT "{volume}" 0\n'
         'RW 2048 FLAT "data-tail.bin" 0\n'
         'ddb.adapterType = "lsilogic"\n'
     )

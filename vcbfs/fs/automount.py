@@ -152,6 +152,21 @@ class VmFolder:
                 vm.tree, vm.epoch, vm.last_used = tree, epoch, time.monotonic()
             return tree
 
+    def opening(self, ino: int) -> str | None:
+        """The key of the VM that a request on ``ino`` would open first (a lookup or listing in
+        a VM directory whose snapshot is not taken yet); None if nothing needs opening.
+
+        Cheap and non-blocking, so that the FUSE layer can take the snapshot on a thread of
+        its own (``open_key``), not on a worker every other VM's readers share."""
+        vm = self._by_ino.get(ino)
+        return vm.entry.key if vm is not None and vm.tree is None else None
+
+    def open_key(self, key: str) -> None:
+        """Open (snapshot) the VM ``key`` now, if it is not open; its error if it fails."""
+        vm = self._by_key.get(key)
+        if vm is not None:
+            self._open(vm)
+
     def _new_epoch(self, vm: _Vm) -> int:
         with self._lock:
             for _ in range(EPOCH_MASK):

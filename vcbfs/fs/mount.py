@@ -158,7 +158,7 @@ async def _serve_control(
         await sock.bind(path)
     finally:
         os.umask(old)
-    sock.listen(8)
+    sock.listen(trio.socket.SOMAXCONN)  # many releases at once (a backup window's end) all queue
     listener = trio.SocketListener(sock)
     task_status.started()
 

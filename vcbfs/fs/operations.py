@@ -25,9 +25,11 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 import pyfuse3
 import trio
 
+from vcbfs.blocks.budget import BUDGET
 from vcbfs.blocks.source import Buffer, ByteSource
 from vcbfs.errors import VcbfsError
-from vcbfs.fs.tree import Attr, Tree
+from vcbfs.fs.names import decode_name, encode_name
+from vcbfs.fs.tree import Attr, Tree, weigh_listing
 
 if TYPE_CHECKING:
     from vcbfs.fs.automount import VmFolder
@@ -54,7 +56,7 @@ def _guard(handler: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
         except pyfuse3.FUSEError:
             raise
         except VcbfsError as exc:
-            if exc.errno == errno.EIO and not exc.reported:
+            if exc.errno in (errno.EIO, errno.ENOMEM) and not exc.reported:
                 log.error("%s: %s", handler.__name__, exc)
             raise pyfuse3.FUSEError(exc.errno) from None
         except Exception:
@@ -62,29 +64,6 @@ def _guard(handler: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
             raise pyfuse3.FUSEError(errno.EIO) from None
 
     return wrapped
-
-
-#: What a POSIX name cannot hold, as NTFS's POSIX namespace can: '/' and NUL, shown as the
-#: private-use characters U+F02F and U+F000 (the mapping Samba's catia module uses).
-_TO_POSIX = {ord("/"): "\uf02f", 0: "\uf000"}
-_FROM_POSIX = {ord("\uf02f"): "/", ord("\uf000"): "\0"}
-
-
-def encode_name(name: str) -> bytes:
-    """A name as the kernel is given it: UTF-8, where an unpaired UTF-16 surrogate (which any
-    Windows user can put in a name) is encoded as itself (bytes no valid UTF-8 name holds, so
-    nothing else can alias it) and '/' and NUL are mapped to private-use characters."""
-    if "/" in name or "\0" in name:
-        name = name.translate(_TO_POSIX)
-    return name.encode("utf-8", "surrogatepass")
-
-
-def decode_name(raw: bytes) -> str:
-    """The name ``encode_name`` gave (mapped characters are tried back by ``lookup``)."""
-    try:
-        return raw.decode("utf-8", "surrogatepass")
-    except UnicodeDecodeError:
-        return raw.decode("utf-8", "surrogateescape")  # no name of ours: not found
 
 
 def _clamp(value: int, low: int = -INT64_MAX - 1) -> int:
@@ -98,6 +77,18 @@ def _readonly(*_args: Any, **_kwargs: Any) -> Awaitable[Any]:
     return refuse()
 
 
+class _OpenDir:
+    """A listing fixed at opendir (readdir offsets index it), shared with the tree's cache of
+    listings but charged to the memory budget while it is open: the cache may drop its copy,
+    and a thousand readers of a huge directory must not grow the server without bound."""
+
+    __slots__ = ("__weakref__", "held", "listing")
+
+    def __init__(self, listing: list[tuple[str, Attr]]):
+        self.listing = listing
+        self.held: object = None
+
+
 class Operations(pyfuse3.Operations):
     """pyfuse3 operations over a Tree (one VM) or a VmFolder (many)."""
 
@@ -109,12 +100,37 @@ class Operations(pyfuse3.Operations):
         self.uid = uid
         self.gid = gid
         self._limiter = trio.CapacityLimiter(threads)
+        # Taking a VM's snapshot (up to an hour of quiescing) runs on threads of its own, one
+        # per VM, so that a slow VM never holds the workers that other VMs' readers need.
+        self._open_limiter = trio.CapacityLimiter(threads)
+        self._opening: dict[str, trio.Event] = {}
         self._files: dict[int, tuple[ByteSource, object, int]] = {}  # source, hold, inode
-        self._dirs: dict[int, tuple[list[tuple[bytes, Attr]], object]] = {}
+        self._dirs: dict[int, _OpenDir] = {}
         self._handles = itertools.count(1)
 
     async def _run(self, fn: Callable[..., R], *args: Any) -> R:
         return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+
+    async def _open_vm(self, inode: int) -> None:
+        """Before a request that would snapshot a VM (automount): take the snapshot on the
+        opening threads, once; other requests for that VM wait here, in the event loop."""
+        opening = getattr(self.tree, "opening", None)
+        key = opening(inode) if opening is not None else None
+        if key is None:
+            return
+        event = self._opening.get(key)
+        if event is not None:
+            await event.wait()  # the opener's error, if any, the request itself then meets
+            return
+        event = self._opening[key] = trio.Event()
+        try:
+            open_key = self.tree.open_key  # type: ignore[union-attr]
+            await trio.to_thread.run_sync(open_key, key, limiter=self._open_limiter)
+        except VcbfsError:
+            pass  # remembered by the folder: the request that follows raises it
+        finally:
+            del self._opening[key]
+            event.set()
 
     def _entry(self, a: Attr) -> pyfuse3.EntryAttributes:
         e = pyfuse3.EntryAttributes()
@@ -142,14 +158,11 @@ class Operations(pyfuse3.Operations):
     async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> Any:
         if name == b".":
             return self._entry(await self._run(self.tree.getattr, parent_inode))
-        text = decode_name(name)
-        try:
-            return self._entry(await self._run(self.tree.lookup, parent_inode, text))
-        except VcbfsError as exc:
-            original = text.translate(_FROM_POSIX)
-            if exc.errno != errno.ENOENT or original == text:
-                raise
-            return self._entry(await self._run(self.tree.lookup, parent_inode, original))
+        text = decode_name(name)  # one name is listed so (see vcbfs/fs/names.py), or none
+        if text is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        await self._open_vm(parent_inode)
+        return self._entry(await self._run(self.tree.lookup, parent_inode, text))
 
     @_guard
     async def getattr(self, inode: int, ctx: Any = None) -> Any:
@@ -157,15 +170,20 @@ class Operations(pyfuse3.Operations):
 
     @_guard
     async def readlink(self, inode: int, ctx: Any) -> bytes:
-        target = await self._run(self.tree.readlink, inode)  # a path: its '/' stay
-        return target.encode("utf-8", "surrogatepass")
+        target = await self._run(self.tree.readlink, inode)  # names encoded as listed
+        return target if isinstance(target, bytes) else target.encode("utf-8", "surrogatepass")
 
     @_guard
     async def opendir(self, inode: int, ctx: Any) -> int:
+        await self._open_vm(inode)
         listing = await self._run(self.tree.readdir, inode)
+        opened = _OpenDir(listing)
+        BUDGET.hold(
+            opened, weigh_listing(listing), f"a listing of {len(listing)} entries", share=1.0
+        )
+        opened.held = self.tree.hold(inode)
         fh = next(self._handles)
-        held = self.tree.hold(inode)
-        self._dirs[fh] = ([(encode_name(name), attr) for name, attr in listing], held)
+        self._dirs[fh] = opened
         return fh
 
     @_guard
@@ -173,17 +191,17 @@ class Operations(pyfuse3.Operations):
         found = self._dirs.get(fh)
         if found is None:
             raise pyfuse3.FUSEError(errno.EBADF)
-        listing = found[0]
+        listing = found.listing
         for i in range(start_id, len(listing)):
             name, attr = listing[i]
-            if not pyfuse3.readdir_reply(token, name, self._entry(attr), i + 1):
+            if not pyfuse3.readdir_reply(token, encode_name(name), self._entry(attr), i + 1):
                 break
 
     @_guard
     async def releasedir(self, fh: int) -> None:
         found = self._dirs.pop(fh, None)
         if found is not None:
-            self.tree.unhold(found[1])
+            self.tree.unhold(found.held)  # its budget charge ends with the object
 
     @_guard
     async def open(self, inode: int, flags: int, ctx: Any) -> Any:
@@ -244,7 +262,11 @@ class Operations(pyfuse3.Operations):
     @_guard
     async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
         try:
-            return await self._run(self.tree.getxattr, inode, decode_name(name))
+            text = name.decode("utf-8", "surrogatepass")  # as listxattr encodes them
+        except UnicodeDecodeError:
+            raise pyfuse3.FUSEError(errno.ENODATA) from None
+        try:
+            return await self._run(self.tree.getxattr, inode, text)
         except VcbfsError as exc:
             if exc.errno == errno.ENOENT:
                 raise pyfuse3.FUSEError(errno.ENODATA) from None

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import posixpath
 import stat
 import struct
 import threading
@@ -41,14 +40,15 @@ from dataclasses import dataclass
 
 from vcbfs.blocks.lru import LRU
 from vcbfs.blocks.source import ByteSource
-from vcbfs.errors import NotADirectory, NotFoundError, VcbfsError
-from vcbfs.ntfs.attributes import FILETIME_EPOCH, NS_DOS, filetime_ns
+from vcbfs.errors import CorruptError, NotADirectory, NotFoundError, VcbfsError
+from vcbfs.fs.names import encode_path
+from vcbfs.ntfs.attributes import FILETIME_EPOCH, NS_DOS, FileName, filetime_ns
 from vcbfs.ntfs.volume import ROOT as NTFS_ROOT
 from vcbfs.ntfs.volume import DirEntry, NtfsStat, NtfsVolume
 from vcbfs.vm.image import VmImage, Volume
-from vcbfs.vm.streams import XATTR_SIZE_MAX, beside_name, stream_forms
+from vcbfs.vm.streams import XATTR_SIZE_MAX, beside_name, is_cut, stream_forms
 
-__all__ = ["Attr", "Tree"]
+__all__ = ["Attr", "Tree", "weigh_listing"]
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +57,17 @@ VIEW_SHIFT = 40
 STREAM_INO = 1 << 62  # a named stream: (stream index + 1) << STREAM_SHIFT | its file's inode
 STREAM_SHIFT = 48
 STREAM_LIMIT = (1 << (62 - STREAM_SHIFT)) - 1  # streams of one file that get an inode
+# A link's second and further names: (name index) << NAME_SHIFT | its record's inode.  Each
+# place a link is listed gets its own inode, since its target is relative to that place.
+NAME_SHIFT = STREAM_SHIFT
+NAME_LIMIT = STREAM_LIMIT
+RECORD_MASK = (1 << VIEW_SHIFT) - 1  # a record past this has no inode: it is refused
 MAX_VIEWS = 256  # view keys fit 8 bits: a tree's inodes stay below 2**48
-LISTING_CACHE = 1 << 14  # directory entries kept with their attributes (about 300 bytes each)
+LISTING_CACHE = 64 << 20  # listings kept with their attributes, in bytes
+REPORTED_CACHE = 1 << 20  # inodes whose error was logged (an entry each: about 100 bytes)
+# Measured against a deep sys.getsizeof of real listings (tests/blocks/test_budget.py): the
+# (name, Attr) tuple, the Attr with its ints and the name (at most 4 bytes a character).
+LISTING_ENTRY = 340
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +80,11 @@ class Attr:
     atime_ns: int
     mtime_ns: int
     ctime_ns: int
+
+
+def weigh_listing(listing: list[tuple[str, Attr]]) -> int:
+    """Bytes a listing holds."""
+    return 56 + sum(LISTING_ENTRY + 4 * len(name) for name, _attr in listing)
 
 
 class _Synthetic:
@@ -123,8 +137,8 @@ class Tree:
         for name in ("fullvm", "digits", "letters"):
             self._link(root, self._add(self._next_ino(), name))
         self._fullvm_done = False
-        self._reported: LRU[int, bool] = LRU(LISTING_CACHE)
-        self._listings: LRU[int, list[tuple[str, Attr]]] = LRU(LISTING_CACHE, lambda v: len(v) + 1)
+        self._reported: LRU[int, bool] = LRU(REPORTED_CACHE, lambda _v: 100)
+        self._listings: LRU[int, list[tuple[str, Attr]]] = LRU(LISTING_CACHE, weigh_listing)
 
     # -- synthetic nodes -----------------------------------------------------------------
 
@@ -250,40 +264,57 @@ class Tree:
         if ino & STREAM_INO:
             view, record, stream = self._stream_key(ino)
             return self._stream_attr(view, record, stream)
-        found = self._view(ino)
-        if found is None:
-            node = self._nodes.get(ino)
-            if node is None:
-                raise NotFoundError(f"no inode {ino}")
-            if node.is_dir:
-                return Attr(
-                    ino,
-                    stat.S_IFDIR | self.dir_mode,
-                    2,
-                    0,
-                    0,
-                    self.now_ns,
-                    self.now_ns,
-                    self.now_ns,
-                )
+        found = self._in_volume(ino)
+        if found is not None:
+            view, record, name = found
+            return self._ntfs_attr(view, view.volume.ntfs(), record, ino, name)
+        node = self._nodes.get(ino)
+        if node is None:
+            raise NotFoundError(f"no inode {ino}")
+        if node.is_dir:
             return Attr(
                 ino,
-                stat.S_IFREG | self.file_mode,
-                1,
-                node.size,
-                (node.size + 511) // 512,
+                stat.S_IFDIR | self.dir_mode,
+                2,
+                0,
+                0,
                 self.now_ns,
                 self.now_ns,
                 self.now_ns,
             )
-        view, record = found
-        return self._ntfs_attr(view, view.volume.ntfs(), record, ino)
+        return Attr(
+            ino,
+            stat.S_IFREG | self.file_mode,
+            1,
+            node.size,
+            (node.size + 511) // 512,
+            self.now_ns,
+            self.now_ns,
+            self.now_ns,
+        )
 
-    def _ntfs_attr(self, view: _View, vol: NtfsVolume, record: int, ino: int) -> Attr:
-        st = vol.stat(record)
+    def _in_volume(self, ino: int) -> tuple[_View, int, int] | None:
+        """(view, record, which name of a link) of an inode inside a volume (not a stream's),
+        or None for one of vcbfs's own."""
+        name = ino >> NAME_SHIFT
+        if name > NAME_LIMIT:
+            raise NotFoundError(f"no inode {ino}")
+        found = self._view(ino & ((1 << NAME_SHIFT) - 1))
+        if found is None:
+            if name:
+                raise NotFoundError(f"no inode {ino}")
+            return None
+        return found[0], found[1], name
+
+    def _ntfs_attr(
+        self, view: _View, vol: NtfsVolume, record: int, ino: int, name: int = 0
+    ) -> Attr:
+        st = _stat(vol, record)
         if st.reparse is not None and st.reparse.is_link:
-            size = len(self._link_target(view, record).encode("utf-8", "surrogateescape"))
+            size = len(self._link_target(view, record, name))
             mode, nlink = stat.S_IFLNK | 0o777, 1
+        elif name:
+            raise NotFoundError(f"no inode {ino}: record {record} is no link")
         elif st.is_dir:
             mode, nlink, size = stat.S_IFDIR | self.dir_mode, 2, 0
         else:
@@ -314,22 +345,102 @@ class Tree:
                 raise NotFoundError(f"no {name!r}")
             return self.getattr(ino)
         view, record = found
-        vol = view.volume.ntfs()
+        attr = self._find(view, view.volume.ntfs(), record, name)
+        if attr is not None:
+            return attr
+        if is_cut(name):
+            # A stream listed under a shortened name (see vm/streams.py): as listed.
+            for listed, attr in self._listing(parent):
+                if listed == name and attr.ino & STREAM_INO:
+                    return attr
+        raise NotFoundError(f"no {name!r} in directory record {record}")
+
+    def _find(self, view: _View, vol: NtfsVolume, parent: int, name: str) -> Attr | None:
+        """An entry of a volume directory by name (as Windows finds it: an exact match first,
+        else one that differs in case), else a stream ``FILE:STREAM`` of an entry named
+        exactly FILE (at the first colon that gives one: a POSIX-namespace name may hold a
+        colon itself); None if neither is there, or the entry is one a listing leaves out."""
         try:
-            entry = vol.child(record, name)  # a POSIX-namespace name may hold a colon itself
+            entry = vol.child(parent, name)
         except NotFoundError:
-            base, colon, stream = name.partition(":")
-            if not colon:
-                raise
+            pass
+        else:
             try:
-                return self._stream_attr(view, vol.child(record, base).record, stream)
+                return self._entry_attr(view, vol, parent, entry.name, entry.record)
+            except NotFoundError as exc:
+                # The index names it, so it is listed: its record being gone is damage (EIO).
+                raise CorruptError(
+                    f"{view.path}: {entry.name!r} in directory record {parent} names record "
+                    f"{entry.record}, which cannot be read: {exc.describe()}",
+                    source=vol.name,
+                ) from None
+        at = name.find(":")
+        while at >= 0:
+            base, stream = name[:at], name[at + 1 :]
+            try:
+                entry = vol.child(parent, base)
             except NotFoundError:
-                # A stream listed under a shortened name (see vm/streams.py): as listed.
-                for listed, attr in self._listing(parent):
-                    if listed == name and attr.ino & STREAM_INO:
-                        return attr
-                raise
-        return self.getattr((view.key << VIEW_SHIFT) | entry.record)
+                entry = None
+            if entry is not None and entry.name == base and entry.record <= RECORD_MASK:
+                try:
+                    return self._stream_attr(view, entry.record, stream)
+                except NotFoundError:
+                    pass
+            at = name.find(":", at + 1)
+        return None
+
+    def _entry_attr(
+        self, view: _View, vol: NtfsVolume, parent: int, name: str, record: int
+    ) -> Attr | None:
+        """The attributes of the entry ``name`` of directory ``parent`` for ``record``, or None
+        where the entry is refused (left out of the listing, not found by name):
+
+        - a record number past what an inode holds (2**40: no volume has that many records):
+          its inode would be another view's;
+        - a directory listed where its own (first) name does not put it, which only a crafted
+          index does: the kernel would reach it at another depth than its links' targets are
+          made for, and they could climb out of the mount;
+        - a link listed in a directory where none of its names is.
+
+        A link with several names (hard links) gets an inode for each, so that each place has
+        its own target, made for that place.
+        """
+        if record > RECORD_MASK:
+            return None
+        ino = (view.key << VIEW_SHIFT) | record
+        st = vol.stat(record)
+        if st.reparse is not None and st.reparse.is_link:
+            index = self._name_index(vol, record, parent, name)
+            if index is None or index > NAME_LIMIT:
+                return None
+            return self._ntfs_attr(view, vol, record, ino | index << NAME_SHIFT, index)
+        if st.is_dir and not self._placed(vol, record, parent):
+            return None
+        return self._ntfs_attr(view, vol, record, ino)
+
+    def _names(self, vol: NtfsVolume, record: int) -> list[FileName]:
+        """A record's names other than DOS aliases: the first is where its path goes."""
+        return [n for n in vol.names(record) if n.namespace != NS_DOS]
+
+    def _name_index(self, vol: NtfsVolume, record: int, parent: int, name: str) -> int | None:
+        """Which of a record's names the entry ``name`` in directory ``parent`` is."""
+        names = self._names(vol, record)
+        for i, n in enumerate(names):
+            if n.parent == parent and n.name == name:
+                return i
+        for i, n in enumerate(names):
+            if n.parent == parent:
+                return i
+        return None
+
+    def _placed(self, vol: NtfsVolume, record: int, parent: int) -> bool:
+        """Whether a directory listed in ``parent`` is where its path (``_path_parts``) says.
+        One whose names cannot be read is: no link below it can then be read either."""
+        try:
+            names = self._names(vol, record)
+        except VcbfsError:
+            return True
+        return not names or names[0].parent == parent
 
     def _stream_key(self, ino: int) -> tuple[_View, int, str]:
         """The view, file record and stream name of a stream's inode."""
@@ -408,16 +519,37 @@ class Tree:
         vol = view.volume.ntfs()
         listing = []
         streams: list[tuple[int, str, int]] = []  # (after entry i, its name, its record)
+        names: set[str] = set()
         base = view.key << VIEW_SHIFT
-        for entry in vol.iterdir(record):
+        try:
+            entries = list(vol.iterdir(record))
+        except (NotFoundError, NotADirectory) as exc:  # listed (unreadable) by its parent
+            raise CorruptError(f"directory record {record} cannot be read: {exc}") from None
+        for entry in entries:
+            if entry.name in names:
+                # A damaged index can hold a name twice: a lookup finds only the first.
+                self._refuse(view, record, entry, "the index has that name before")
+                continue
+            names.add(entry.name)
             child = base | entry.record
             try:
-                listing.append((entry.name, self._ntfs_attr(view, vol, entry.record, child)))
+                attr = self._entry_attr(view, vol, record, entry.name, entry.record)
+                if attr is None:
+                    self._refuse(view, record, entry, "the index entry is not valid")
+                    continue
+                listing.append((entry.name, attr))
                 if vol.stat(entry.record).has_streams:
                     streams.append((len(listing), entry.name, entry.record))
             except VcbfsError as exc:
+                if entry.is_dir and not self._placed(vol, entry.record, record):
+                    self._refuse(view, record, entry, "the index entry is not valid")
+                    continue
                 # Listed all the same, so that a backup meets the file and reports its EIO
                 # rather than silently going without it.
+                placed = self._unreadable_ino(vol, record, entry, child)
+                if placed is None:
+                    self._refuse(view, record, entry, "the index entry is not valid")
+                    continue
                 log.error(
                     "%s: %r in directory record %d is unreadable (reading it gives EIO): %s",
                     view.path,
@@ -425,20 +557,54 @@ class Tree:
                     record,
                     exc.describe(),
                 )
-                listing.append((entry.name, self._indexed_attr(entry, child)))
+                listing.append((entry.name, self._indexed_attr(entry, *placed)))
         if streams:
-            listing = self._with_streams(view, vol, listing, streams)
+            listing = self._with_streams(view, vol, record, listing, streams)
         return listing
+
+    def _unreadable_ino(
+        self, vol: NtfsVolume, parent: int, entry: DirEntry, ino: int
+    ) -> tuple[int, bool] | None:
+        """The inode an entry whose attributes cannot be read is listed with, and whether it
+        is a link.  A link's is the one of its name in this directory, as a lookup gives, so
+        that its getattr and readlink fail alike, or give a target made for this place (never
+        for another of its names, which could lie at another depth); None for a link none of
+        whose names is here."""
+        try:
+            st = vol.stat(entry.record)
+            if st.reparse is None or not st.reparse.is_link:
+                return ino, False
+            index = self._name_index(vol, entry.record, parent, entry.name)
+        except VcbfsError:
+            return ino, False  # its getattr meets the same damage
+        if index is None or index > NAME_LIMIT:
+            return None
+        return ino | index << NAME_SHIFT, True
+
+    def _refuse(self, view: _View, record: int, entry: DirEntry, why: str) -> None:
+        log.error(
+            "%s: %r (record %d) in directory record %d is not listed: %s",
+            view.path,
+            entry.name,
+            entry.record,
+            record,
+            why,
+        )
 
     def _with_streams(
         self,
         view: _View,
         vol: NtfsVolume,
+        parent: int,
         listing: list[tuple[str, Attr]],
         streams: list[tuple[int, str, int]],
     ) -> list[tuple[str, Attr]]:
-        """The listing with each file's large streams right after it, as ``file:stream``."""
-        taken = {name.upper() for name, _attr in listing}
+        """The listing with each file's large streams right after it, as ``file:stream``.
+
+        A stream is listed only under a name that looks up to it: not where an entry of the
+        directory has that name (in any case), nor where another stream was listed so first.
+        """
+        taken = {name for name, _attr in listing}
         out: list[tuple[str, Attr]] = []
         done = 0
         for after, name, record in streams:
@@ -448,25 +614,31 @@ class Tree:
                 beside = stream_forms(vol, record)[1]
                 for stream in beside:
                     shown = beside_name(name, stream)
-                    if shown.upper() in taken:
+                    attr = self._stream_attr(view, record, stream)
+                    found = self._find(view, vol, parent, shown)
+                    whole = shown == f"{name}:{stream}"  # else cut: found through the listing
+                    if shown in taken or found != (attr if whole else None):
                         log.error(
-                            "%s: stream %r of %r is not listed: the directory has an entry "
-                            "of that name",
+                            "%s: stream %r of %r is not listed: the directory has another "
+                            "entry of that name",
                             view.path,
                             stream,
                             name,
                         )
                         continue
-                    out.append((shown, self._stream_attr(view, record, stream)))
+                    out.append((shown, attr))
+                    taken.add(shown)
             except VcbfsError as exc:
                 log.error("%s: the streams of %r are unreadable: %s", view.path, name, exc)
         out += listing[done:]
         return out
 
-    def _indexed_attr(self, entry: DirEntry, ino: int) -> Attr:
+    def _indexed_attr(self, entry: DirEntry, ino: int, link: bool = False) -> Attr:
         """What the directory's index says of an entry whose own record cannot be read."""
         fn = entry.indexed
-        if entry.is_dir:
+        if link:  # a link's target could not be made: never a directory to walk into
+            mode, nlink, size, blocks = stat.S_IFLNK | 0o777, 1, 0, 0
+        elif entry.is_dir:
             mode, nlink, size, blocks = stat.S_IFDIR | self.dir_mode, 2, 0, 0
         else:
             mode, nlink = stat.S_IFREG | self.file_mode, 1
@@ -497,7 +669,10 @@ class Tree:
 
             return ResidentStream(node.data or b"", node.name)
         view, record = found
-        return view.volume.ntfs().open(record)
+        try:
+            return view.volume.ntfs().open(record)
+        except NotFoundError as exc:
+            raise CorruptError(f"record {record} cannot be read: {exc}") from None
 
     def report(self, ino: int, exc: VcbfsError, where: str = "") -> None:
         """Log, once per file, that it cannot be read and why, naming its path in the mount
@@ -515,16 +690,21 @@ class Tree:
                 view, record, stream = self._stream_key(ino)
                 suffix = f":{stream}"
             else:
-                found = self._view(ino)
+                found = self._in_volume(ino)
                 if found is None:
                     node = self._nodes.get(ino)
                     return node.name if node is not None else f"inode {ino}"
-                view, record = found
+                view, record, name = found
                 if record == NTFS_ROOT:
                     return view.path
                 suffix = ""
-            inside = self._path_in_volume(view.volume.ntfs(), record)
-            return posixpath.join(view.path, inside) + suffix
+                if name:
+                    vol = view.volume.ntfs()
+                    link = self._names(vol, record)[name]
+                    inside = [*self._path_parts(vol, link.parent), link.name]
+                    return "/".join([view.path, *inside])
+            inside = self._path_parts(view.volume.ntfs(), record)
+            return "/".join([view.path, *inside]) + suffix
         except VcbfsError:
             return f"inode {ino}"
 
@@ -543,34 +723,41 @@ class Tree:
         vol = view.volume.ntfs_if_open() if view is not None else None
         return None if vol is None else vol.try_open(ino & ((1 << VIEW_SHIFT) - 1))
 
-    def readlink(self, ino: int) -> str:
-        found = self._view(ino)
+    def readlink(self, ino: int) -> bytes:
+        """A link's target as the kernel is given it: a relative path of listed names."""
+        found = self._in_volume(ino)
         if found is None:
             raise NotFoundError(f"inode {ino} is not a link")
-        view, record = found
-        return self._link_target(view, record)
+        view, record, name = found
+        return self._link_target(view, record, name)
 
-    def _link_target(self, view: _View, record: int) -> str:
-        """A link's target as a relative path that stays inside the mount (see
-        ``link_target``)."""
+    def _link_target(self, view: _View, record: int, name: int = 0) -> bytes:
+        """The target of a link's name number ``name``, relative to the directory that name
+        is in, so that it stays inside the mount (see ``link_parts``)."""
         vol: NtfsVolume = view.volume.ntfs()
         reparse = vol.stat(record).reparse
         if reparse is None or not reparse.target:
             raise NotFoundError(f"record {record} is not a link")
-        folder = posixpath.dirname(self._path_in_volume(vol, record))
-        return link_target(view.path, folder, reparse.target, reparse.relative)
+        names = self._names(vol, record)
+        if name >= len(names):
+            raise NotFoundError(f"record {record} has no name {name}")
+        folder = self._path_parts(vol, names[name].parent) if names else []
+        ups, down = link_parts(view.path.split("/"), folder, reparse.target, reparse.relative)
+        return encode_path(ups, down)
 
-    def _path_in_volume(self, vol: NtfsVolume, record: int) -> str:
+    def _path_parts(self, vol: NtfsVolume, record: int) -> list[str]:
+        """The names from the volume's root down to ``record``, by each record's first name
+        (which is where a listing shows a directory: see ``_placed``)."""
         parts = []
         for _ in range(1024):
-            names = [n for n in vol.names(record) if n.namespace != 2]
-            if not names or record == NTFS_ROOT:
+            if record == NTFS_ROOT:
+                break
+            names = self._names(vol, record)
+            if not names:
                 break
             parts.append(names[0].name)
             record = names[0].parent
-            if record == NTFS_ROOT:
-                break
-        return "/".join(reversed(parts))
+        return parts[::-1]
 
     def _stream_xattrs(self, ino: int) -> dict[str, bytes]:
         """A stream entry listed under a shortened name carries its whole name,
@@ -600,12 +787,12 @@ class Tree:
     ) -> dict[str, bytes]:
         if ino & STREAM_INO:
             return self._stream_xattrs(ino)
-        found = self._view(ino)
+        found = self._in_volume(ino)
         if found is None:
             return {}
-        view, record = found
+        view, record, _name = found
         vol = view.volume.ntfs()
-        st = vol.stat(record)
+        st = _stat(vol, record)
         link = st.reparse is not None and st.reparse.is_link
         if link and not privileged:
             return {}
@@ -634,24 +821,28 @@ class Tree:
         return out
 
 
-def link_target(view: str, folder: str, target: str, relative: bool) -> str:
-    """Where a link in ``folder`` (of the volume at ``view``, e.g. ``digits/1``) points, as a
-    relative path that never leaves the mount.
+def link_parts(
+    view: list[str], folder: list[str], target: str, relative: bool
+) -> tuple[int, list[str]]:
+    """Where a link in ``folder`` (names from the root of the volume at ``view``, e.g.
+    ``["digits", "1"]``) points: how many '..' from its folder, then which names down.
 
     Windows resolves a link on its own volume and never climbs above a volume's root
     (``C:\\..\\..`` is ``C:\\``), so ``..`` past the root stays there, as it does here: a
     crafted ``..\\..(x13)\\etc\\shadow`` ends at the volume's ``etc/shadow``, not the proxy's.
     ``X:\\...`` goes to ``letters/X/...``.  Any other absolute target (a UNC path, a volume
-    GUID path) is taken under the volume's root, where it is normally dangling.
+    GUID path) is taken under the volume's root, where it is normally dangling.  The '..'
+    climb at most to the mount's root from the folder; the names are names (never '.' or
+    '..'), each as the directory lists it once encoded (a name may hold '/').
     """
     target = target.replace("\\", "/")
     if relative:
         root, start = view, folder
     elif len(target) >= 2 and target[1] == ":" and target[0].isalpha():
-        root, start, target = posixpath.join("letters", target[0].upper()), "", target[2:]
+        root, start, target = ["letters", target[0].upper()], [], target[2:]
     else:
-        root, start = view, ""
-    parts: list[str] = [p for p in start.split("/") if p]
+        root, start = view, []
+    parts = list(start)
     for part in target.split("/"):
         if part in ("", "."):
             continue
@@ -660,8 +851,26 @@ def link_target(view: str, folder: str, target: str, relative: bool) -> str:
                 parts.pop()  # at the root, ".." stays at the root
         else:
             parts.append(part)
-    there = posixpath.join(root, *parts)
-    return posixpath.relpath(there, posixpath.join(view, folder))
+    there, here = [*root, *parts], [*view, *folder]
+    common = 0
+    while common < min(len(there), len(here)) and there[common] == here[common]:
+        common += 1
+    return len(here) - common, there[common:]
+
+
+def link_target(view: str, folder: str, target: str, relative: bool) -> str:
+    """``link_parts`` for a view and folder given as '/'-separated paths, as a path."""
+    ups, down = link_parts(view.split("/"), [p for p in folder.split("/") if p], target, relative)
+    return "/".join([".."] * ups + down) or "."
+
+
+def _stat(vol: NtfsVolume, record: int) -> NtfsStat:
+    """The stat of a record some directory names: one that is not there is damage (EIO,
+    never ENOENT, which an agent takes for a file deleted while it ran, and skips)."""
+    try:
+        return vol.stat(record)
+    except NotFoundError as exc:
+        raise CorruptError(f"record {record} cannot be read: {exc}") from None
 
 
 def _ntfs_times(st: NtfsStat) -> bytes:
