@@ -40,6 +40,8 @@ __all__ = [
     "CONSOLIDATION_KEY",
     "DEFAULT_DATASTORE",
     "QUIESCE_FAULT_KEY",
+    "REMOVE_FAULTS_KEY",
+    "REMOVE_SECONDS_KEY",
     "SNAPSHOT_SECONDS_KEY",
     "DiskInfo",
     "SnapshotInfo",
@@ -67,6 +69,8 @@ DEFAULT_DATASTORE = "LocalDS_0"
 QUIESCE_FAULT_KEY = "vcbfs.test.quiesceFault"  # see vcsim/hooks.go
 CONSOLIDATION_KEY = "vcbfs.test.consolidationNeeded"  # see vcsim/hooks.go
 SNAPSHOT_SECONDS_KEY = "vcbfs.test.snapshotSeconds"  # see vcsim/hooks.go
+REMOVE_FAULTS_KEY = "vcbfs.test.removeSnapshotFaults"  # see vcsim/hooks.go
+REMOVE_SECONDS_KEY = "vcbfs.test.removeSnapshotSeconds"  # see vcsim/hooks.go
 START_TIMEOUT = 30.0
 TASK_TIMEOUT = 60.0
 SECTOR = 512
@@ -194,7 +198,9 @@ class Vcsim:
 
     ``username``/``password`` make Login accept only those (others get InvalidLogin); without
     them vcsim accepts any non-empty pair. ``workdir`` (default: a fresh temporary directory,
-    removed on stop) is the process's TMPDIR and holds its stderr log.
+    removed on stop) is the process's TMPDIR and holds its stderr log. ``strict_sessions``
+    makes it check sessions as vSphere does (``/folder`` answers 401 without a live session
+    cookie; property reads need a session), so a terminated session shows on every path.
     """
 
     def __init__(
@@ -209,6 +215,7 @@ class Vcsim:
         vms: int | None = None,
         workdir: Path | None = None,
         binary: Path | None = None,
+        strict_sessions: bool = False,
     ) -> None:
         if (username is None) != (password is None):
             raise ValueError("username and password go together")
@@ -222,6 +229,7 @@ class Vcsim:
         self.method_delay = dict(method_delay or {})
         self.vms = vms
         self.binary = binary
+        self.strict_sessions = strict_sessions
         self.workdir = workdir
         self._own_workdir = workdir is None
         self._proc: subprocess.Popen[bytes] | None = None
@@ -251,6 +259,8 @@ class Vcsim:
             args += ["-method-delay", ",".join(f"{k}:{v}" for k, v in self.method_delay.items())]
         if self.vms is not None:
             args += ["-vms", str(self.vms)]
+        if self.strict_sessions:
+            args.append("-strict-sessions")
         began = time.monotonic()
         self._stderr = (self.workdir / "vcsim.stderr").open("wb")
         # stdin stays open as a lifeline: if this process dies, the launcher sees EOF and stops

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import os
 import subprocess
 import time
 import uuid
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 from pyVmomi import vim
 
+from tests.blocks.test_chain import desc
 from tests.vsphere.conftest import DEMO_IP, DEMO_VM, VsphereVm
 from tests.vsphere.simulator import (
     SNAPSHOT_SECONDS_KEY,
@@ -23,8 +25,12 @@ from tests.vsphere.simulator import (
     list_snapshots,
     managed,
 )
+from vcbfs.blocks.confine import ConfinementError
+from vcbfs.blocks.vmdk.disk import open_disk
 from vcbfs.errors import AccessDeniedError, UnsupportedError, VsphereError
+from vcbfs.process import boot_id, machine_id, start_time
 from vcbfs.vsphere import session as session_mod
+from vcbfs.vsphere import snapshots as snapshots_mod
 from vcbfs.vsphere.datastore import Datastores
 from vcbfs.vsphere.inventory import NameCache, VmInfo, find_vms, list_vms, select
 from vcbfs.vsphere.provider import VsphereProvider
@@ -146,14 +152,15 @@ def test_the_journal_comes_first_and_the_snapshot_is_quiesced_without_memory(
     vm = find_vms(session, parse_spec("name:ordered-vm"))[0]
     journal = Journal(tmp_path / "journal")
     asked: list[tuple[dict[str, Any], list[str]]] = []
-    call = session.call
+    call_once = session.call_once
 
     def spy(fn: Any, *args: Any, **kwargs: Any) -> Any:
         if "quiesce" in kwargs:  # CreateSnapshot_Task: what the journal holds when it is asked
             asked.append((kwargs, [e.snapshot_name for e in journal.entries()]))
-        return call(fn, *args, **kwargs)
+        return call_once(fn, *args, **kwargs)
 
-    monkeypatch.setattr(session, "call", spy)
+    # CreateSnapshot goes through call_once: a create is never resent blindly
+    monkeypatch.setattr(session, "call_once", spy)
     snap = take(session, vm, journal)
     [(kwargs, journaled)] = asked
     assert journaled == [kwargs["name"]] == [snap.entry.snapshot_name]
@@ -191,35 +198,46 @@ def test_a_create_that_outlasts_its_timeout_leaves_no_snapshot(
 def test_cleanup_by_tag_alone_spares_live_owners_and_other_proxies(
     session: Session, vcsim: Vcsim, new_vm: Callable[..., Any], tmp_path: Path
 ) -> None:
-    """With no journal entry, cleanup goes by the tag: this proxy's name, and the id in both the
-    name and the description.  It spares a snapshot whose owner (the PID in its description)
-    is a vcbfs process still running (journaled in another state directory), and every other
-    proxy's."""
+    """With no journal entry, cleanup goes by the tag: this host name and this machine id, and
+    the id in both the name and the description.  It spares a snapshot whose owner (PID, boot,
+    start time) still runs, another machine's (even with this host name: a clone's), another
+    proxy's, and reports one without a machine id (an older vcbfs: it could be a clone's); a
+    reused PID (same number, another start time) does not keep a leaked one."""
     info = new_vm("tagged-vm")
     journal = Journal(tmp_path / "journal")  # empty: the entries were lost, or kept elsewhere
     gone = subprocess.Popen(["true"])
     gone.wait()  # a PID that no longer runs
     owner = subprocess.Popen(["bash", "-c", "exec -a vcbfs-mount sleep 600"])
-    proxy = proxy_name()
+    proxy, me, boot = proxy_name(), machine_id(), boot_id()
+    assert me, "the test needs /etc/machine-id"
 
-    def tagged(host: str, pid: int) -> str:
+    def tagged(host: str, pid: int, started: str, machine: str | None = me) -> str:
         name = f"vcbfs-backup {host} {uuid.uuid4().hex}"
+        who = f"id {name[-32:]}" + (f", machine {machine}" if machine is not None else "")
+        who += f", boot {boot}, pid {pid}, started {started}"
         with vcsim.session() as si:
-            create_snapshot(si, info.moref, name, f"Taken by vcbfs (id {name[-32:]}, pid {pid})")
+            create_snapshot(si, info.moref, name, f"Taken by vcbfs ({who})")
         return name
 
     try:
-        orphan = tagged(proxy, gone.pid)
-        held = tagged(proxy, owner.pid)
-        foreign = tagged("another-proxy", 1)
+        orphan = tagged(proxy, gone.pid, "4242")
+        reused = tagged(proxy, owner.pid, str(int(start_time(owner.pid)) + 1))  # PID reused
+        held = tagged(proxy, owner.pid, start_time(owner.pid))
+        clone = tagged(proxy, 1, "1", machine="0" * 32)  # another machine, same host name
+        legacy = tagged(proxy, gone.pid, "4242", machine=None)
+        foreign = tagged("another-proxy", 1, "1")
         actions = cleanup(session, journal)
-        assert [(a.snapshot, a.done) for a in actions] == [(orphan, True)]
-        assert sorted(_snapshot_names(vcsim, info.moref)) == sorted([held, foreign])
+        assert sorted((a.snapshot, a.done, a.kept) for a in actions) == sorted(
+            [(orphan, True, False), (reused, True, False), (legacy, False, True)]
+        )
+        assert "no machine id" in str(next(a for a in actions if a.kept))
+        left = [held, clone, legacy, foreign]
+        assert sorted(_snapshot_names(vcsim, info.moref)) == sorted(left)
     finally:
         owner.kill()
         owner.wait()
-    assert [a.snapshot for a in cleanup(session, journal)] == [held]  # its owner is gone now
-    assert _snapshot_names(vcsim, info.moref) == [foreign]
+    assert [a.snapshot for a in cleanup(session, journal) if a.done] == [held]  # owner gone now
+    assert sorted(_snapshot_names(vcsim, info.moref)) == sorted([clone, legacy, foreign])
 
 
 def test_transports_are_tried_in_the_order_given(
@@ -238,13 +256,49 @@ def test_transports_are_tried_in_the_order_given(
         finally:
             stores.close()
 
-    assert reached(("local", "https"), real) == "_DatastoreFile"
+    assert reached(("local", "https"), real) == "LocalLocation"
     assert reached(("https", "local"), real) == "HttpLocation"
     assert reached(("local", "https"), empty) == "HttpLocation"
     with pytest.raises(
         UnsupportedError, match=rf"no transport reaches this file \(local: {tmp_path}"
     ):
         reached(("local",), empty)
+
+
+def test_datastore_paths_stay_in_their_datastore(
+    session: Session, vcsim: Vcsim, vsphere_vm: VsphereVm, tmp_path: Path
+) -> None:
+    """An inventory path with '..', or a descriptor on the datastore naming a file outside it,
+    is refused; ``/vmfs/volumes/DS/...`` (by name, or by the UUID the inventory gives) maps to
+    the datastore's local root."""
+    ds = vsphere_vm.vm.datastore
+    root = vcsim.datastore_dir(ds)
+    (tmp_path / "shadow").write_bytes(b"secret")
+    stores = Datastores(session, local=[(ds, str(root))], transports=("local",))
+    try:
+        escape = os.path.relpath(tmp_path / "shadow", root)  # ../../../tmp/.../shadow
+        with pytest.raises(ConfinementError, match="outside"):
+            stores.location(f"[{ds}] {escape}")
+        with pytest.raises(UnsupportedError, match="no transport"):  # '/' is the root's
+            stores.location(f"[{ds}] /{tmp_path}/shadow")
+        folder = root / "confine-test"
+        folder.mkdir(exist_ok=True)
+        (folder / "base-flat.vmdk").write_bytes(b"B" * 1024)
+        (folder / "base.vmdk").write_bytes(desc("0000aaaa", ['RW 2 FLAT "base-flat.vmdk" 0']))
+        (folder / "top-flat.vmdk").write_bytes(bytes(1024))
+        # by name (vcsim's datastores have no VMFS UUID; tests/blocks/test_confine maps one)
+        for name in [ds, *stores._uuids.values()]:
+            hint = f"/vmfs/volumes/{name}/confine-test/base.vmdk"
+            top = desc("0000bbbb", ['RW 2 FLAT "top-flat.vmdk" 0'], "0000aaaa", hint)
+            (folder / "top.vmdk").write_bytes(top)
+            with open_disk(stores.location(f"[{ds}] confine-test/top.vmdk")) as disk:
+                assert disk.read_at(0, 1024) == bytes(1024)
+                assert disk.layers[1].location.name == str(folder / "base.vmdk")
+        (folder / "top.vmdk").write_bytes(desc("1", [f'RW 2 FLAT "{tmp_path}/shadow" 0']))
+        with pytest.raises(ConfinementError, match="outside the box"):
+            open_disk(stores.location(f"[{ds}] confine-test/top.vmdk"))
+    finally:
+        stores.close()
 
 
 def test_a_physical_rdm_is_left_out_and_the_rest_of_the_vm_opens(
@@ -326,3 +380,50 @@ def test_transport_failures_become_typed_vsphere_errors(session: Session, fault:
         session.call(failing)
     assert exc.value.source == session.host and exc.value.__cause__ is fault
     assert session.call(lambda: session.content.rootFolder.name)  # the session still works
+
+
+def test_a_failed_release_is_retried_then_disowned(
+    session: Session,
+    vcsim: Vcsim,
+    new_vm: Callable[..., Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """RemoveSnapshot failing (a reset connection, vCenter restarting) is retried by the
+    running provider with backoff until it works; if the provider closes first, the journal
+    entry is disowned (no owning process) and the next cleanup releases the snapshot."""
+    info = new_vm("flaky-release")
+    journal = Journal(tmp_path / "journal")
+    [vm] = find_vms(session, parse_spec("name:flaky-release"))
+    failures = {"left": 2}
+    real_remove = snapshots_mod._remove
+
+    def flaky(*args: Any) -> None:
+        if failures["left"] > 0:
+            failures["left"] -= 1
+            raise VsphereError("connection reset by peer (injected)", source=session.host)
+        real_remove(*args)
+
+    monkeypatch.setattr(snapshots_mod, "_remove", flaky)
+    provider = VsphereProvider(
+        session, Datastores(session), journal, parse_spec("name:x"), retry_delays=(0.2,)
+    )
+    provider.open_vm(vm).close()  # the release fails at once, and once more in the background
+    assert len(_snapshot_names(vcsim, info.moref)) == 1 and provider.pending()
+    deadline = time.monotonic() + 30
+    while provider.pending() or _snapshot_names(vcsim, info.moref):
+        assert time.monotonic() < deadline, "the release was not retried"
+        time.sleep(0.1)
+    assert failures["left"] == 0 and journal.entries() == []
+
+    failures["left"] = 1_000  # now it never works while the provider runs
+    provider.open_vm(vm).close()
+    [name] = _snapshot_names(vcsim, info.moref)
+    assert journal.entries()[0].alive()  # held while this process retries: cleanup spares it
+    assert [a for a in cleanup(session, journal) if a.done] == []
+    provider.close()
+    [entry] = journal.entries()
+    assert (entry.snapshot_name, entry.pid, entry.alive()) == (name, 0, False)  # disowned
+    failures["left"] = 0
+    assert [(a.snapshot, a.done) for a in cleanup(session, journal)] == [(name, True)]
+    assert _snapshot_names(vcsim, info.moref) == [] and journal.entries() == []

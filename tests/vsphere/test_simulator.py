@@ -83,10 +83,10 @@ def test_vm_disks_are_attached(vcsim: Vcsim, vsphere_vm: VsphereVm) -> None:
     assert (local / "sys.vmdk").read_bytes() == source.sys_vmdk.read_bytes()
     # the flat descriptor now names copies beside it, not the cache's absolute path
     descriptor = (local / "data.vmdk").read_text()
-    assert '"data-head.bin"' in descriptor and '"volume.img"' in descriptor
+    assert '"data-head.bin"' in descriptor and '"data-volume.img"' in descriptor
     assert "/" not in "".join(re.findall(r'"([^"]*)"', descriptor))
-    assert vm.disks[1].files == ("data.vmdk", "data-head.bin", "volume.img", "data-tail.bin")
-    assert (local / "volume.img").stat().st_size == source.data.path.stat().st_size
+    assert vm.disks[1].files == ("data.vmdk", "data-head.bin", "data-volume.img", "data-tail.bin")
+    assert (local / "data-volume.img").stat().st_size == source.data.path.stat().st_size
     assert not list(local.glob("*-flat.vmdk"))  # the attach stand-ins are gone
 
 
@@ -97,7 +97,7 @@ def test_folder_serves_the_copied_bytes(vcsim: Vcsim, vsphere_vm: VsphereVm) -> 
     status, body = _get(vcsim, vcsim.folder_url(f"{vm.vmdir}/sys.vmdk"), {"Cookie": cookie})
     assert status == 200 and body == source.sys_vmdk.read_bytes()
 
-    url = vcsim.folder_url(f"{vm.vmdir}/volume.img")
+    url = vcsim.folder_url(f"{vm.vmdir}/data-volume.img")
     status, body = _get(vcsim, url, {"Cookie": cookie, "Range": "bytes=65536-131071"})
     with source.data.path.open("rb") as f:
         f.seek(65536)

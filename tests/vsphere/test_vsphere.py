@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -290,6 +292,84 @@ def test_kill_9_then_cleanup_removes_only_ours(
     assert _ours(vcsim, vm.moref) == []  # ... and cleanup released it
     assert _all_snapshots(vcsim, vm.moref) == ["before patching"]
     assert "nothing to release" in vcbfs(env, "cleanup").stdout
+
+
+UNSHARE = ["unshare", "--mount", "--uts", "--pid", "--fork", "--kill-child", "--mount-proc"]
+
+
+class _Clone:
+    """Another proxy cloned from this one's template: the same host name, its own machine id,
+    PIDs, mounts and state directory (namespaces of its own, as a separate machine has)."""
+
+    def __init__(self, env: dict[str, str], root: Path) -> None:
+        root.mkdir()
+        self.machine_id = root / "machine-id"
+        self.machine_id.write_text(uuid.uuid4().hex + "\n")
+        self.env = {
+            **env,
+            "VCBFS_STATE_DIR": str(root / "state"),
+            "VCBFS_RUN_DIR": str(root / "run"),
+        }
+        self.mnt = root / "mnt"
+        self.mnt.mkdir()
+
+    def _script(self, *args: str) -> list[str]:
+        cmd = " ".join(shlex.quote(a) for a in [sys.executable, "-m", "vcbfs", *args])
+        return ["sh", "-c", f"mount --bind {self.machine_id} /etc/machine-id && exec {cmd}"]
+
+    def start(self, *args: str) -> subprocess.Popen[bytes]:
+        """``vcbfs ARGS`` as the clone's first process (killing it ends the clone)."""
+        return subprocess.Popen(
+            [*UNSHARE, *self._script(*args)], env=self.env, stdin=subprocess.DEVNULL
+        )
+
+    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """``vcbfs ARGS`` in a fresh clone (as after a reboot of it)."""
+        return self._checked([*UNSHARE, *self._script(*args)])
+
+    def enter(self, clone: subprocess.Popen[bytes], *args: str) -> subprocess.CompletedProcess[str]:
+        """``vcbfs ARGS`` inside the running clone (its machine id, PIDs and mounts)."""
+        init = Path(f"/proc/{clone.pid}/task/{clone.pid}/children").read_text().split()[0]
+        nsenter = ["nsenter", "-t", init, "-m", "-u", "-p"]
+        return self._checked([*nsenter, sys.executable, "-m", "vcbfs", *args])
+
+    def _checked(self, argv: list[str]) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            argv, env=self.env, capture_output=True, text=True, timeout=120, check=False
+        )
+        assert done.returncode == 0, done.stderr
+        return done
+
+
+def test_two_proxies_with_one_host_name_spare_each_other(
+    env: dict[str, str], vcsim: Vcsim, vsphere_vm: VsphereVm, mnt: Path, tmp_path: Path
+) -> None:
+    """A proxy and its clone (same host name, another machine id, PID space and state
+    directory) each mount a VM: neither's cleanup takes the other's snapshot, held or leaked;
+    the clone's own cleanup takes its leaked one."""
+    with vcsim.session() as si:
+        other = add_vm(vcsim, si, "clone-vm", [vsphere_vm.source.sys_vmdk], ip="10.0.0.78")
+    vcbfs(env, "mount", f"name:{DEMO_VM}", str(mnt))  # this proxy's snapshot, held
+    ours = _ours(vcsim, vsphere_vm.vm.moref)
+    clone = _Clone(env, tmp_path / "clone")
+    server = clone.start("mount", "-f", "name:clone-vm", str(clone.mnt))
+    try:
+        deadline = time.monotonic() + 60
+        while len(_ours(vcsim, other.moref)) != 1:
+            assert server.poll() is None and time.monotonic() < deadline, "the clone's mount"
+            time.sleep(0.2)
+        theirs = _ours(vcsim, other.moref)
+        assert "nothing to release" in clone.enter(server, "cleanup").stdout
+        assert "nothing to release" in vcbfs(env, "cleanup").stdout
+        assert _ours(vcsim, vsphere_vm.vm.moref) == ours and _ours(vcsim, other.moref) == theirs
+    finally:
+        server.kill()  # the clone crashes: its mount namespace, FUSE mount and PIDs go with it
+        server.wait()
+    assert "nothing to release" in vcbfs(env, "cleanup").stdout  # not ours, though leaked
+    assert _ours(vcsim, other.moref) == theirs
+    assert "released" in clone.run("cleanup").stdout  # the clone, rebooted, cleans up
+    assert _ours(vcsim, other.moref) == [] and _ours(vcsim, vsphere_vm.vm.moref) == ours
+    assert (mnt / "letters/C/boot.ini").read_bytes() == SYS_FILES["boot.ini"]
 
 
 def test_cleanup_leaves_a_running_mount_alone(

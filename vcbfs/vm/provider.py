@@ -65,23 +65,32 @@ def directory_names(entries: Iterable[VmEntry]) -> dict[str, VmEntry]:
 class LocalProvider(VmProvider):
     """VMs from .vmx files: given one by one, or every ``*.vmx`` in a folder's subfolders."""
 
-    def __init__(self, paths: Iterable[str | os.PathLike[str]]):
-        found: list[Path] = []
+    def __init__(
+        self,
+        paths: Iterable[str | os.PathLike[str]],
+        *,
+        allow: Iterable[str | os.PathLike[str]] = (),
+    ):
+        found: list[tuple[Path, Path | None]] = []
         for p in map(Path, paths):
-            if p.is_dir():
-                found.extend(sorted(p.glob("*.vmx")) + sorted(p.glob("*/*.vmx")))
+            if p.is_dir():  # a VM found there is confined to the folder, symlinks or not
+                found.extend(
+                    (vmx, p) for vmx in sorted(p.glob("*.vmx")) + sorted(p.glob("*/*.vmx"))
+                )
             elif p.exists():
-                found.append(p)
+                found.append((p, None))
             else:
                 raise NotFoundError("no such file or folder", source=str(p))
-        self._paths = {str(p): p for p in found}
+        self._paths = {str(p): (p, within) for p, within in found}
+        self._allow = list(allow)
 
     def list(self) -> list[VmEntry]:
-        return [VmEntry(key, p.stem) for key, p in self._paths.items()]
+        return [VmEntry(key, p.stem) for key, (p, _) in self._paths.items()]
 
     def open(self, key: str) -> VmImage:
         from vcbfs.vm.local import open_local_vm
 
         if key not in self._paths:
             raise NotFoundError("not a VM of this provider", source=key)
-        return open_local_vm(self._paths[key])
+        path, within = self._paths[key]
+        return open_local_vm(path, allow=self._allow, within=within)

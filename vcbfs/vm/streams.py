@@ -6,7 +6,8 @@ where one can carry it, and otherwise as a regular file ``FILE:STREAM`` listed b
 carry is set by Linux: a value of at most 64 KiB (XATTR_SIZE_MAX), a name of at most 255 bytes
 (XATTR_NAME_MAX), a list of names of at most 64 KiB (XATTR_LIST_MAX), and ``user.*`` only on
 regular files and directories, so every stream of a link goes beside it.  A stream named like
-one of the Windows-metadata xattrs goes beside its file too, and a WOF file's
+one of the Windows-metadata xattrs goes beside its file too, as does one whose name holds NUL
+(which ends an xattr's name), and a WOF file's
 WofCompressedData is its content, not a stream.  The catalog counts the streams shown beside
 their files (``count_beside``), so the backup's own record says how many took that form.
 
@@ -18,6 +19,7 @@ listed but never restored by an agent, so it is cut to fit and made unique with 
 from __future__ import annotations
 
 import hashlib
+import re
 
 from vcbfs.errors import VcbfsError
 from vcbfs.ntfs import wof
@@ -29,6 +31,7 @@ __all__ = [
     "XATTR_SIZE_MAX",
     "beside_name",
     "count_beside",
+    "is_cut",
     "stream_forms",
 ]
 
@@ -55,7 +58,7 @@ def stream_forms(vol: NtfsVolume, record: int) -> tuple[list[str], list[str]]:
             continue  # the file's own content, decoded
         name = len(f"user.{stream}".encode("utf-8", "surrogatepass"))
         fits = size <= XATTR_SIZE_MAX and name <= XATTR_NAME_MAX and name + 1 <= room
-        if link or stream in META_XATTRS or not fits:
+        if link or stream in META_XATTRS or not fits or "\0" in stream:
             beside.append(stream)
         else:
             as_xattr.append(stream)
@@ -80,11 +83,35 @@ def count_beside(vol: NtfsVolume) -> tuple[int, int]:
 
 def beside_name(file: str, stream: str) -> str:
     """The name a stream is listed under beside its file: ``FILE:STREAM``, or, when that is
-    longer than NAME_MAX bytes, its start and ``~`` and 12 hex digits of its SHA-256."""
+    longer than NAME_MAX bytes as listed, its start and ``~`` and 12 hex digits of its
+    SHA-256 (a name ``is_cut`` knows)."""
     full = f"{file}:{stream}"
-    raw = full.encode("utf-8", "surrogatepass")
-    if len(raw) <= NAME_MAX:
+    if sum(map(_shown_len, full)) <= NAME_MAX:
         return full
-    tag = "~" + hashlib.sha256(raw).hexdigest()[:12]
-    cut = raw[: NAME_MAX - len(tag)].decode("utf-8", "ignore")  # whole characters only
-    return cut + tag
+    tag = "~" + hashlib.sha256(full.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+    room = NAME_MAX - len(tag)
+    cut = 0
+    for ch in full:  # whole characters, unpaired surrogates too
+        room -= _shown_len(ch)
+        if room < 0:
+            break
+        cut += 1
+    return full[:cut] + tag
+
+
+def is_cut(name: str) -> bool:
+    """Whether ``name`` has the form of a name ``beside_name`` cut."""
+    return _CUT.search(name) is not None
+
+
+_CUT = re.compile("~[0-9a-f]{12}\\Z")
+
+
+def _shown_len(ch: str) -> int:
+    """The bytes a character of a name takes as the mount lists it (see vcbfs/fs/names.py:
+    '/' and NUL are shown as 3-byte private-use characters, those as 4 bytes)."""
+    if ch in "/\0":
+        return 3
+    if ch in "\uf000\uf02e\uf02f":
+        return 4
+    return len(ch.encode("utf-8", "surrogatepass"))

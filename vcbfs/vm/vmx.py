@@ -15,7 +15,8 @@ from vcbfs.errors import CorruptError
 __all__ = ["VmxDisk", "parse_vmx", "vmx_disks"]
 
 MAX_VMX = 4 << 20
-_DEVICE = re.compile(r"^(scsi|ide|sata|nvme)(\d+):(\d+)$")
+# ASCII digits, a few of them: a bus or unit of 5000 digits is no device (and int() refuses it)
+_DEVICE = re.compile(r"(scsi|ide|sata|nvme)([0-9]{1,9}):([0-9]{1,9})")
 _ORDER = {"ide": 0, "scsi": 1, "sata": 2, "nvme": 3}
 
 
@@ -50,7 +51,7 @@ def vmx_disks(config: dict[str, str]) -> list[VmxDisk]:
     found = []
     for key, value in config.items():
         device, dot, field = key.partition(".")
-        m = _DEVICE.match(device)
+        m = _DEVICE.fullmatch(device)
         if not m or not dot or field != "filename" or not value:
             continue
         if config.get(f"{device}.present", "true").lower() == "false":

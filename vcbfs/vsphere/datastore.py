@@ -5,25 +5,30 @@ Like VCB's transports, the ways to reach a datastore are tried in the order the 
 ``https`` reads through vCenter/ESXi's ``/folder`` file interface with the session's cookie.
 Either way the file opens behind the shared block cache, and a VMDK's parent (which
 descriptors often name by an absolute ``/vmfs/volumes/...`` path) is looked up beside it.
+
+Names from the inventory and from the files stay inside the datastore roots the settings name
+(``/vmfs/volumes/NAME-or-UUID/...`` maps to the datastore's root) or a directory the user
+allows: see ``vcbfs.blocks.confine``.  Over HTTPS the datastore interface confines them itself.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 from pyVmomi import vim
 
 from vcbfs.blocks.cache import CachedLocation
+from vcbfs.blocks.confine import Box, ConfinementError
 from vcbfs.blocks.http import HttpLocation, HttpOptions, HttpSession
 from vcbfs.blocks.local import LocalLocation
 from vcbfs.blocks.source import Location
-from vcbfs.errors import NotFoundError, UnsupportedError
+from vcbfs.errors import NotFoundError, UnsupportedError, VcbfsError
 from vcbfs.vsphere.session import Session
 
 __all__ = ["Datastores", "parse_ds_path"]
@@ -43,15 +48,6 @@ def parse_ds_path(text: str) -> tuple[str, str]:
     return m[1], m[2].lstrip("/")
 
 
-class _DatastoreFile(LocalLocation):
-    """A file on a locally mounted datastore; absolute VMFS parent paths map to its folder."""
-
-    def sibling(self, name: str) -> Location:
-        if name.startswith("/") and not os.path.exists(name):
-            name = name.rsplit("/", 1)[-1]
-        return _DatastoreFile(os.path.join(os.path.dirname(self.path), name))
-
-
 class Datastores:
     """How this proxy reaches each datastore, and the datacenter each one belongs to."""
 
@@ -61,11 +57,15 @@ class Datastores:
         *,
         local: Sequence[tuple[str, str]] = (),
         transports: Sequence[str] = ("local", "https"),
+        allow: Sequence[str | os.PathLike[str]] = (),
     ) -> None:
         self.session = session
         self.local = list(local)
         self.transports = list(transports)
+        self.allow = list(allow)
         self._dc: dict[str, str] | None = None
+        self._uuids: dict[str, str] = {}  # datastore name -> its VMFS/NFS volume UUID
+        self._box: Box | None = None
         options = HttpOptions(
             verify=not session.insecure,
             ca_file=session.ca_file,
@@ -88,7 +88,14 @@ class Datastores:
                 obj: (str(v.get("name", "")), v.get("parent"))
                 for obj, v in retrieve(vim.Folder, ["name", "parent"])
             }
-            stores = {obj: str(v.get("name", "")) for obj, v in retrieve(vim.Datastore, ["name"])}
+            stores = {}
+            for obj, v in retrieve(vim.Datastore, ["name", "summary.url"]):
+                stores[obj] = str(v.get("name", ""))
+                url = str(v.get("summary.url") or "")  # ds:///vmfs/volumes/UUID/
+                if "/vmfs/volumes/" in url:
+                    uuid = url.split("/vmfs/volumes/", 1)[1].strip("/").split("/")[0]
+                    if uuid:
+                        self._uuids[stores[obj]] = uuid
             found: dict[str, str] = {}
             for _dc, v in retrieve(vim.Datacenter, ["name", "parent", "datastore"]):
                 parts, parent = [str(v.get("name", ""))], v.get("parent")
@@ -105,17 +112,36 @@ class Datastores:
             self._dc = found
         return self._dc
 
+    def box(self) -> Box:
+        """Where names on locally mounted datastores may lead: their roots (by name, and by
+        UUID once the inventory has told them) and the allowed directories."""
+        if self._box is None:
+            with contextlib.suppress(VcbfsError):  # for the UUIDs: a convenience only
+                self._datacenters()
+            stores: dict[str, str] = dict(self.local)
+            for name, uuid in self._uuids.items():
+                if name in stores:
+                    stores.setdefault(uuid, stores[name])
+            self._box = Box.of(self.allow, stores)
+        return self._box
+
     def location(self, ds_path: str) -> Location:
         """The file at ``[ds] path`` through the first transport that can reach it."""
         ds, path = parse_ds_path(ds_path)
         tried = []
         for transport in self.transports:
             if transport == "local":
-                for name, root in self.local:
+                for name, _ in self.local:
                     if name == ds:
-                        candidate = Path(root) / path
-                        if candidate.is_file():
-                            return CachedLocation(_DatastoreFile(candidate))
+                        box = self.box()
+                        real = box.datastores[name]
+                        candidate = box.resolve(real, path, ds_path)
+                        if os.path.commonpath([candidate, real]) != real:
+                            raise ConfinementError(
+                                f"leads outside datastore {ds}'s root {real}", source=ds_path
+                            )
+                        if os.path.isfile(candidate):
+                            return CachedLocation(LocalLocation(candidate, box, named=False))
                         tried.append(f"local: {candidate} not found")
             elif transport == "https":
                 dc = self._datacenters().get(ds)

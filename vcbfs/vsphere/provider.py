@@ -7,6 +7,12 @@ and returns a VM image whose ``close`` releases the snapshot.  A disk that canno
 (a physical-mode RDM, an independent disk, no transport) becomes a note; the rest still mounts.
 If anything fails after the snapshot was taken, the snapshot is released before the error
 goes up.
+
+A release that fails (vCenter restarting, a reset connection) is retried by the running
+process, with backoff, for as long as it runs: a standing automount runs for weeks, and
+``vcbfs cleanup`` spares a snapshot whose owner is alive.  When the provider closes with a
+release still failing, the snapshot is disowned (its journal entry names no process), so the
+next ``vcbfs cleanup`` (or the next mount's, which runs one at start) takes it.
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ import contextlib
 import logging
 import os
 import threading
+import time
+from collections.abc import Sequence
 from typing import Any
 
 from pyVmomi import vim
@@ -33,6 +41,10 @@ from vcbfs.vsphere.spec import Spec
 __all__ = ["VsphereProvider"]
 
 log = logging.getLogger(__name__)
+
+#: Seconds between tries of a failed release: quick at first (a reset connection), then every
+#: five minutes (a vCenter being restarted or upgraded).
+RETRY_DELAYS = (2.0, 5.0, 15.0, 30.0, 60.0, 300.0)
 
 _CONTROLLERS: tuple[tuple[type, str], ...] = (
     (vim.vm.device.VirtualIDEController, "ide"),
@@ -54,6 +66,7 @@ class VsphereProvider(VmProvider):
         *,
         cache: NameCache | None = None,
         quiesce: bool = True,
+        retry_delays: Sequence[float] = RETRY_DELAYS,
     ) -> None:
         self.session = session
         self.datastores = datastores
@@ -63,6 +76,11 @@ class VsphereProvider(VmProvider):
         self.quiesce = quiesce
         self._vms: dict[str, VmInfo] = {}
         self._lock = threading.Lock()
+        self._retry_delays = tuple(retry_delays) or RETRY_DELAYS
+        self._pending: dict[str, tuple[Snapshot, int, float]] = {}  # id: snap, tries, when
+        self._wake = threading.Condition(self._lock)
+        self._retrier: threading.Thread | None = None
+        self._closed = False
 
     def vms(self) -> list[VmInfo]:
         found = find_vms(self.session, self.spec, self.cache, require=False)
@@ -91,13 +109,93 @@ class VsphereProvider(VmProvider):
             raise
 
     def _release(self, snap: Snapshot) -> None:
+        """Release now; on failure, keep trying in the background (see the module's doc)."""
+        if self._try_release(snap, 0):
+            return
+        with self._lock:
+            if self._closed:
+                closed = True
+            else:
+                closed = False
+                self._pending[snap.entry.id] = (snap, 1, time.monotonic() + self._delay(1))
+                if self._retrier is None:
+                    self._retrier = threading.Thread(
+                        target=self._retry_loop, name="vcbfs-release-retry", daemon=True
+                    )
+                    self._retrier.start()
+                self._wake.notify()
+        if closed:
+            self._disown(snap)
+
+    def _try_release(self, snap: Snapshot, tries: int) -> bool:
         try:
             for warning in release(self.session, snap, self.journal):
                 log.warning("%s", warning)
         except VcbfsError as exc:
+            again = f"retrying in {self._delay(tries + 1):.0f} s"
             log.error(
-                "could not release %s (vcbfs cleanup will): %s", snap.entry.snapshot_name, exc
+                "could not release %s of %s (try %d; %s): %s",
+                snap.entry.snapshot_name,
+                snap.vm.name,
+                tries + 1,
+                again if not self._closed else "disowning it for vcbfs cleanup",
+                exc,
             )
+            return False
+        except Exception as exc:  # a bug must not end the retries of other snapshots
+            log.exception("releasing %s: %s", snap.entry.snapshot_name, exc)
+            return False
+        if tries:
+            log.warning(
+                "released %s of %s after %d tries",
+                snap.entry.snapshot_name,
+                snap.vm.name,
+                tries + 1,
+            )
+        return True
+
+    def _delay(self, tries: int) -> float:
+        return self._retry_delays[min(tries, len(self._retry_delays)) - 1]
+
+    def _retry_loop(self) -> None:
+        """The releases that failed, each retried at its time, until none is left or the
+        provider closes."""
+        while True:
+            with self._lock:
+                while not self._closed:
+                    due = [
+                        k for k, (_, _, when) in self._pending.items() if when <= time.monotonic()
+                    ]
+                    if due:
+                        break
+                    nearest = min((w for _, _, w in self._pending.values()), default=None)
+                    self._wake.wait(None if nearest is None else nearest - time.monotonic())
+                if self._closed:
+                    return
+                work = [(k, *self._pending[k][:2]) for k in due]
+            for key, snap, tries in work:
+                done = self._try_release(snap, tries)
+                with self._lock:
+                    if done:
+                        self._pending.pop(key, None)
+                    elif key in self._pending:
+                        when = time.monotonic() + self._delay(tries + 1)
+                        self._pending[key] = (snap, tries + 1, when)
+
+    def _disown(self, snap: Snapshot) -> None:
+        """Leave a snapshot this process could not release to ``vcbfs cleanup``."""
+        entry = snap.entry
+        entry.pid, entry.started = 0, ""  # owned by no process: cleanup may release it
+        try:
+            self.journal.write(entry)
+        except VcbfsError as exc:
+            log.error("cannot disown %s: %s", entry.snapshot_name, exc)
+            return
+        log.error(
+            "%s of VM %r is left to `vcbfs cleanup` (this process could not release it)",
+            entry.snapshot_name,
+            snap.vm.name,
+        )
 
     def _image(self, vm: VmInfo, snap: Snapshot) -> VmImage:
         config = self.session.properties(snap.ref, ["config"]).get("config")
@@ -185,7 +283,25 @@ class VsphereProvider(VmProvider):
             files[os.path.basename(parse_ds_path(nvram)[1])] = self.datastores.read_small(nvram)
         return files
 
+    def pending(self) -> list[str]:
+        """The snapshots whose release failed and is being retried (their names)."""
+        with self._lock:
+            return [snap.entry.snapshot_name for snap, _, _ in self._pending.values()]
+
     def close(self) -> None:
+        """Stop retrying: one last try each, then what still fails is disowned."""
+        with self._lock:
+            self._closed = True
+            self._wake.notify_all()
+            retrier = self._retrier
+        if retrier is not None:
+            retrier.join(timeout=60)  # a try in progress ends at its own deadline
+        with self._lock:
+            left = list(self._pending.values())
+            self._pending.clear()
+        for snap, tries, _ in left:
+            if not self._try_release(snap, tries):
+                self._disown(snap)
         self.datastores.close()
 
 

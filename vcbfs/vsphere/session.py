@@ -37,6 +37,22 @@ PAGE = 1000
 HTTP_TIMEOUT = 300  # one SOAP call; tasks are polled, so no call waits for one
 
 
+#: A connection the peer closed while idle in the pool: the request never reached vSphere,
+#: or (RemoteDisconnected) vSphere closed it as the request arrived.
+_STALE = (
+    ConnectionResetError,
+    ConnectionAbortedError,
+    BrokenPipeError,
+    http.client.RemoteDisconnected,
+    ssl.SSLEOFError,
+    ssl.SSLZeroReturnError,
+)
+
+
+def _lost(exc: BaseException, host: str) -> VsphereError:
+    return VsphereError(f"lost the connection ({type(exc).__name__}: {exc})", source=host)
+
+
 class LoginError(AccessDeniedError):
     """vCenter/ESXi refused the user name and password."""
 
@@ -190,6 +206,8 @@ class Session:
 
     def _relogin(self) -> None:
         with self._lock:
+            if self._alive():
+                return  # another thread met the same expiry and has logged in again
             log.info("vSphere session of %s expired: logging in again", self.user)
             try:
                 self.content.sessionManager.Login(self.user, self._password)
@@ -198,6 +216,13 @@ class Session:
                     f"login as {self.user!r} refused: wrong user name or password",
                     source=self.host,
                 ) from None
+
+    def _alive(self) -> bool:
+        """Whether the session is logged in; vSphere refuses a Login on a live session."""
+        try:
+            return self.content.sessionManager.currentSession is not None
+        except vim.fault.NotAuthenticated:
+            return False
 
     def cookie(self) -> str:
         """The session cookie for datastore HTTP requests: ``vmware_soap_session="..."``."""
@@ -227,20 +252,51 @@ class Session:
     def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """``fn(*args)``, logging in again once if the session has expired.
 
-        A transport failure (a reset or refused connection, a timeout, a broken HTTP reply:
-        vCenter restarting) becomes a ``VsphereError`` naming the host, so callers meet one
-        typed error instead of whatever the socket raised.
+        A pooled connection the peer has closed (vCenter restarted, a load balancer's idle
+        cut) fails the first request sent on it: the pool is dropped and the call made once
+        more on a fresh connection.  Only for calls that can be repeated: see ``call_once``.
+        Any other transport failure (a refused connection, a timeout, a broken HTTP reply)
+        becomes a ``VsphereError`` naming the host, so callers meet one typed error instead
+        of whatever the socket raised.
         """
         try:
-            try:
-                return fn(*args, **kwargs)
-            except vim.fault.NotAuthenticated:
-                self._relogin()
-                return fn(*args, **kwargs)
+            return self._call(fn, args, kwargs)
+        except _STALE as exc:
+            log.info("%s: the connection was closed (%s); trying again", self.host, exc)
+            self._drop_connections()
+            return self._transport(self._call, fn, args, kwargs)
         except (OSError, http.client.HTTPException) as exc:
-            raise VsphereError(
-                f"lost the connection ({type(exc).__name__}: {exc})", source=self.host
-            ) from exc
+            raise _lost(exc, self.host) from exc
+
+    def call_once(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``call`` for a request that must not be sent twice (creating a snapshot): a
+        connection lost while it was sent is a ``VsphereError`` (the pool is dropped, so the
+        caller's next call goes on a fresh connection); the caller finds out what became of it."""
+        try:
+            return self._call(fn, args, kwargs)
+        except (OSError, http.client.HTTPException) as exc:
+            if isinstance(exc, _STALE):
+                self._drop_connections()
+            raise _lost(exc, self.host) from exc
+
+    def _call(self, fn: Callable[..., T], args: Any, kwargs: Any) -> T:
+        try:
+            return fn(*args, **kwargs)
+        except vim.fault.NotAuthenticated:
+            self._relogin()
+            return fn(*args, **kwargs)
+
+    def _transport(self, call: Callable[..., T], *args: Any) -> T:
+        try:
+            return call(*args)
+        except (OSError, http.client.HTTPException) as exc:
+            raise _lost(exc, self.host) from exc
+
+    def _drop_connections(self) -> None:
+        try:
+            self.si._stub.DropConnections()
+        except Exception as exc:  # the pool is best effort: the retry makes a new one anyway
+            log.debug("dropping connections: %s", exc)
 
     def retrieve(
         self, obj_type: type, props: Iterable[str], root: Any = None
@@ -284,6 +340,23 @@ class Session:
         for _obj, values in self._paged(spec):
             return values
         return {}
+
+    def properties_of(
+        self, objs: Iterable[Any], props: Iterable[str]
+    ) -> Iterator[tuple[Any, dict[str, Any]]]:
+        """``properties`` of several objects of one type, in one round trip per page; an
+        object gone meanwhile is left out."""
+        objs = list(objs)
+        if not objs:
+            return
+        spec = vmodl.query.PropertyCollector.FilterSpec(
+            objectSet=[vmodl.query.PropertyCollector.ObjectSpec(obj=o, skip=False) for o in objs],
+            propSet=[
+                vmodl.query.PropertyCollector.PropertySpec(type=type(objs[0]), pathSet=list(props))
+            ],
+            reportMissingObjectsInResults=True,
+        )
+        yield from self._paged(spec)
 
     def _paged(self, spec: Any) -> Iterator[tuple[Any, dict[str, Any]]]:
         options = vmodl.query.PropertyCollector.RetrieveOptions(maxObjects=PAGE)

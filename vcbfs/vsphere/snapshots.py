@@ -5,12 +5,15 @@ Every snapshot vcbfs takes is
 - **journaled**: an entry naming the VM, the snapshot's unique name and the owning process is
   written (and fsynced) in the state directory *before* the snapshot is requested, and removed
   only after the snapshot is gone, so a crash at any point leaves a trace;
-- **tagged**: its name is ``vcbfs-backup <proxy> <id>`` and its description says who took it,
-  so even with a lost journal vcbfs can tell its own snapshots from a user's.
+- **tagged**: its name is ``vcbfs-backup <proxy> <id>`` and its description says who took it:
+  the machine id, the boot id, the PID and that process's start time, so even with a lost
+  journal vcbfs can tell its own snapshots from a user's, or from another proxy's that has the
+  same host name (proxies cloned from one template do).
 
 ``cleanup`` releases what a journal entry of a dead process names, and snapshots tagged by this
-proxy that no live process owns.  It never touches a snapshot without vcbfs's tag, another
-proxy's, or one a running mount holds.
+machine that no live process owns.  It never touches a snapshot without vcbfs's tag, another
+machine's, or one a running vcbfs holds.  A PID alone proves nothing (it is reused): an owner
+is alive only if a process with that PID and that start time runs in this boot.
 """
 
 from __future__ import annotations
@@ -31,12 +34,22 @@ from typing import Any
 from pyVmomi import vim, vmodl
 
 from vcbfs.errors import VsphereError
-from vcbfs.process import boot_id, start_time
+from vcbfs.process import boot_id, machine_id, start_time
 from vcbfs.vsphere.inventory import VmInfo
 from vcbfs.vsphere.session import Session, fault_text
 from vcbfs.vsphere.tasks import TaskError, TaskTimeout, wait_task
 
-__all__ = ["Journal", "JournalEntry", "QuiesceError", "Snapshot", "cleanup", "release", "take"]
+__all__ = [
+    "Journal",
+    "JournalEntry",
+    "QuiesceError",
+    "Snapshot",
+    "cleanup",
+    "describe",
+    "release",
+    "tag_fields",
+    "take",
+]
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +87,7 @@ class JournalEntry:
     started: str = ""  # the owner's start time, so a reused PID is not taken for it
     boot: str = ""
     created: float = 0.0
+    machine: str = ""  # the machine id of the proxy that took it (empty: an older vcbfs)
 
     def alive(self) -> bool:
         """Whether the process that took the snapshot is still running (and may hold it)."""
@@ -83,6 +97,11 @@ class JournalEntry:
             and bool(self.started)
             and start_time(self.pid) == self.started
         )
+
+    def here(self) -> bool:
+        """Whether this machine wrote the entry (a state directory copied from a template
+        holds another machine's entries: they are not this machine's to clean up)."""
+        return not self.machine or self.machine == machine_id()
 
 
 class Journal:
@@ -193,22 +212,41 @@ def take(
         started=start_time(pid),
         boot=boot_id(),
         created=time.time(),
+        machine=machine_id(),
     )
     journal.write(entry)  # before the request: a crash from here on leaves a trace
-    description = (
-        f"Taken by vcbfs on backup proxy {proxy} (id {entry_id}, pid {pid}) for a file-level "
-        "backup; vcbfs removes it when the backup ends. Do not revert to it."
-    )
+    description = describe(entry)
     what = f"snapshot of VM {vm.name!r} ({vm.moref})"
-    try:
-        task = session.call(
+
+    def create() -> Any:
+        return session.call_once(
             vm.ref.CreateSnapshot_Task,
             name=entry.snapshot_name,
             description=description,
             memory=False,
             quiesce=quiesce,
         )
-        ref = wait_task(session, task, what=what, timeout=timeout)
+
+    task = None
+    try:
+        try:
+            task = create()
+        except VsphereError as exc:
+            made = _after_lost_create(session, vm, entry, journal, exc, timeout)
+            if made is not None:
+                ref = made
+            else:  # it never reached vSphere: once more, on a fresh connection
+                try:
+                    task = create()
+                except VsphereError as again:
+                    _disown(entry, journal)
+                    raise VsphereError(
+                        f"{what}: {again.describe()}; if vSphere made it anyway, "
+                        "`vcbfs cleanup` removes it",
+                        source=session.host,
+                    ) from None
+        if task is not None:
+            ref = wait_task(session, task, what=what, timeout=timeout)
     except TaskTimeout:
         outcome = _abandon(session, vm, entry, journal, task, grace)
         raise TaskTimeout(
@@ -231,6 +269,89 @@ def take(
     journal.write(entry)
     log.info("took %s of %s", entry.snapshot_name, vm.name)
     return Snapshot(ref, vm, entry)
+
+
+def _after_lost_create(
+    session: Session,
+    vm: VmInfo,
+    entry: JournalEntry,
+    journal: Journal,
+    exc: VsphereError,
+    timeout: float,
+    poll: float = 1.0,
+) -> Any:
+    """The connection was lost while CreateSnapshot was sent: vSphere may have made the
+    snapshot, be making it, or never have seen the request.  The snapshot of this entry's
+    name once no create runs on the VM, or None if there is none (the request can be sent
+    again).  Where that cannot be found out, the entry is disowned (so that ``cleanup`` takes
+    a snapshot made later) and the error goes up."""
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            for node in snapshot_list(session, vm.ref):
+                if node.name == entry.snapshot_name:
+                    log.info("%s of %s was made; its answer was lost", node.name, vm.name)
+                    return node.snapshot
+            if not create_running(session, vm.ref):
+                return None
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(poll)
+    except VsphereError as again:
+        exc = again
+    _disown(entry, journal)
+    raise VsphereError(
+        f"snapshot of VM {vm.name!r} ({vm.moref}): {exc.describe()}; if vSphere made it "
+        "anyway, `vcbfs cleanup` removes it",
+        source=session.host,
+    ) from None
+
+
+def _disown(entry: JournalEntry, journal: Journal) -> None:
+    """Leave the entry's snapshot, should it exist, to ``cleanup``: no process owns it."""
+    entry.pid, entry.started = 0, ""
+    journal.write(entry)
+
+
+def create_running(session: Session, vm_ref: Any) -> bool:
+    """Whether a CreateSnapshot task is queued or running on the VM (anyone's): from the VM's
+    recent tasks, and the task manager's (vcsim keeps only those)."""
+    tasks = {}
+    for owner in (vm_ref, session.content.taskManager):
+        for task in session.properties(owner, ["recentTask"]).get("recentTask") or ():
+            tasks[task._moId] = task
+    props = ["info.descriptionId", "info.state", "info.entity"]
+    for _task, info in session.properties_of(tasks.values(), props):
+        entity = info.get("info.entity")
+        if (
+            entity is not None
+            and entity._moId == vm_ref._moId
+            and str(info.get("info.descriptionId", "")).endswith(".createSnapshot")
+            and str(info.get("info.state")) in ("queued", "running")
+        ):
+            return True
+    return False
+
+
+def describe(entry: JournalEntry) -> str:
+    """A snapshot's description: for the administrator, and the owner's tag for ``cleanup``."""
+    owner = f"id {entry.id}, machine {entry.machine or '-'}, boot {entry.boot or '-'}"
+    owner += f", pid {entry.pid}, started {entry.started or '-'}"
+    return (
+        f"Taken by vcbfs on backup proxy {entry.proxy} ({owner}) for a file-level backup; "
+        "vcbfs removes it when the backup ends. Do not revert to it."
+    )
+
+
+_TAG_FIELD = re.compile(r"\b(id|machine|boot|pid|started) ([0-9a-f-]{1,64})\b")
+
+
+def tag_fields(description: str) -> dict[str, str]:
+    """The owner's fields a description written by ``describe`` holds (those present)."""
+    fields: dict[str, str] = {}
+    for key, value in _TAG_FIELD.findall(description[:4096]):
+        fields.setdefault(key, value)
+    return fields
 
 
 def _is_quiesce_fault(fault: Any) -> bool:
@@ -268,8 +389,7 @@ def _abandon(
         else:
             journal.remove(entry.id)
             return "it was made late, and has been removed"
-    entry.pid, entry.started = 0, ""  # owned by no process: cleanup may release it
-    journal.write(entry)
+    _disown(entry, journal)  # owned by no process: cleanup may release it
     return outcome
 
 
@@ -328,17 +448,25 @@ def release(session: Session, snap: Snapshot, journal: Journal) -> list[str]:
 # -- cleanup after a crash ---------------------------------------------------------------------
 
 
-def _owner_running(description: str) -> bool:
-    """Whether the vcbfs process a snapshot's description names still runs on this host."""
-    m = re.search(r"\bpid (\d+)\b", description)
-    if not m:
+def _owner_running(fields: dict[str, str]) -> bool:
+    """Whether the vcbfs process a snapshot's tag names still runs: its PID, in this boot,
+    with the start time it had when it took the snapshot (a reused PID has another)."""
+    pid = fields.get("pid", "")
+    if not pid.isdigit() or int(pid) <= 0:
         return False
-    pid = int(m[1])
+    if fields.get("boot") != boot_id() or not fields.get("started", "").isdigit():
+        return False
+    return start_time(int(pid)) == fields["started"]
+
+
+def _create_running_on(session: Session, vms: dict[str, Any], entry: JournalEntry) -> bool:
+    vm = vms.get(entry.vm_moref)
+    if vm is None:
+        return False
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
-    return b"vcbfs" in cmdline and bool(start_time(pid))
+        return create_running(session, vm[0])
+    except VsphereError:
+        return True  # cannot tell: keep the entry rather than lose track of a snapshot
 
 
 @dataclass
@@ -350,22 +478,30 @@ class Action:
     why: str
     done: bool = False
     error: str = ""
+    kept: bool = False  # looked like ours, but cannot be proven so: left for the administrator
 
     def __str__(self) -> str:
-        state = (
-            "error: " + self.error if self.error else ("released" if self.done else "would release")
-        )
+        if self.error:
+            state = "error: " + self.error
+        elif self.kept:
+            state = "left alone"
+        else:
+            state = "released" if self.done else "would release"
         return f"{self.vm}: {self.snapshot}: {state} ({self.why})"
 
 
 def cleanup(session: Session, journal: Journal, *, dry_run: bool = False) -> list[Action]:
-    """Release the snapshots vcbfs took here and nobody holds; keep everything else."""
-    proxy = proxy_name()
+    """Release the snapshots vcbfs took here and nobody holds; keep everything else.
+
+    "Here" is this machine: a journal entry it wrote, or a tag with this host name *and* this
+    machine id.  A tag with this host name but no machine id (written by an older vcbfs) cannot
+    be told from a clone's, so it is left alone and reported."""
+    proxy, machine = proxy_name(), machine_id()
     live = set()
     stale: dict[str, JournalEntry] = {}
     for entry in journal.entries():
-        if entry.alive():
-            live.add(entry.snapshot_name)
+        if entry.alive() or not entry.here():
+            live.add(entry.snapshot_name)  # held, or another machine's (a copied state dir)
         elif entry.server == session.host:
             stale[entry.snapshot_name] = entry
     actions: list[Action] = []
@@ -386,9 +522,22 @@ def cleanup(session: Session, journal: Journal, *, dry_run: bool = False) -> lis
                 continue  # the name alone could be a user's copy: the id must be in both
             found.add(node.name)
             entry = stale.get(node.name)
-            if entry is None and _owner_running(node.description or ""):
-                continue  # journaled elsewhere (another state directory) by a live vcbfs
-            why = "its vcbfs process is gone" if entry else "tagged by this proxy, no journal entry"
+            if entry is None:
+                fields = tag_fields(node.description or "")
+                if machine and fields.get("machine", machine) != machine:
+                    continue  # another machine's with the same host name (a clone)
+                if _owner_running(fields):
+                    continue  # journaled elsewhere (another state directory) by a live vcbfs
+                if machine and "machine" not in fields:
+                    why = (
+                        "tagged with this host name but no machine id (an older vcbfs), so it "
+                        "may be another proxy's; remove it by hand if no other proxy is so named"
+                    )
+                    actions.append(Action(f"{name} ({moref})", node.name, why, kept=True))
+                    continue
+            why = (
+                "its vcbfs process is gone" if entry else "tagged by this machine, no journal entry"
+            )
             action = Action(f"{name} ({moref})", node.name, why)
             actions.append(action)
             if dry_run:
@@ -404,6 +553,17 @@ def cleanup(session: Session, journal: Journal, *, dry_run: bool = False) -> lis
                 action.error = str(exc)
     for snap_name, entry in stale.items():
         if snap_name in found:
+            continue
+        if _create_running_on(session, vms, entry):
+            # Its create may still make the snapshot: the entry stays for the next cleanup.
+            actions.append(
+                Action(
+                    f"{entry.vm_name} ({entry.vm_moref})",
+                    snap_name,
+                    "a snapshot is still being created on this VM; run cleanup again later",
+                    kept=True,
+                )
+            )
             continue
         # The snapshot is gone (or was never made): the entry only needs removing.
         actions.append(

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"path"
 	"reflect"
 	"regexp"
@@ -41,6 +42,30 @@ const SnapshotSecondsKey = "vcbfs.test.snapshotSeconds"
 
 const slowSnapshotType = "VcbfsSlowSnapshot"
 
+// RemoveFaultsKey in a VM's extraConfig, set to a number N, makes the first N
+// RemoveSnapshot_Task calls on that VM's snapshots fail (a task ending in vim.fault.FileLocked,
+// as when a backup appliance still holds the disk); later calls remove as usual.
+const RemoveFaultsKey = "vcbfs.test.removeSnapshotFaults"
+
+// RemoveSecondsKey in a VM's extraConfig, set to a number N, makes each RemoveSnapshot_Task
+// call on that VM's snapshots answer only after N seconds (a slow consolidation).
+const RemoveSecondsKey = "vcbfs.test.removeSnapshotSeconds"
+
+const removeFaultType = "VcbfsRemoveFault"
+
+const removeFaultMessage = "Unable to access file since it is locked"
+
+// StrictSessions (the launcher's -strict-sessions flag) makes the simulator check sessions as
+// vSphere does where stock vcsim is lenient: /folder answers 401 without a live session cookie,
+// and reading properties needs a session (NotAuthenticated otherwise), except the anonymous
+// read of ServiceInstance.content. So a terminated session is noticed on every path.
+var StrictSessions = false
+
+var removeFaults = struct {
+	sync.Mutex
+	used map[types.ManagedObjectReference]int // VM -> failed removals so far
+}{used: map[types.ManagedObjectReference]int{}}
+
 // installHooks wraps the server's handler and registers the layoutEx repair. It runs before the
 // URL is printed, so no client can have connected yet.
 func installHooks(server *simulator.Server) {
@@ -63,6 +88,10 @@ type quiesceHook struct {
 }
 
 func (h quiesceHook) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if StrictSessions && strings.HasPrefix(r.URL.Path, "/folder/") && h.sessionFault(r) != nil {
+		w.WriteHeader(http.StatusUnauthorized)
+		return
+	}
 	if r.Method == http.MethodPost {
 		body, err := io.ReadAll(r.Body)
 		_ = r.Body.Close()
@@ -70,11 +99,139 @@ func (h quiesceHook) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			w.WriteHeader(http.StatusBadRequest)
 			return
 		}
+		if StrictSessions && needsSession(body) {
+			if fault := h.sessionFault(r); fault != nil {
+				for k, v := range fault.Header() {
+					w.Header()[k] = v
+				}
+				w.WriteHeader(fault.Code)
+				_, _ = w.Write(fault.Body.Bytes())
+				return
+			}
+		}
 		body = redirectQuiescedSnapshot(body)
+		body = redirectRemoval(body)
 		r.Body = io.NopCloser(bytes.NewReader(body))
 		r.ContentLength = int64(len(body))
 	}
 	h.next.ServeHTTP(w, r)
+}
+
+const currentTimeProbe = `<?xml version="1.0" encoding="UTF-8"?>` +
+	`<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/">` +
+	`<soapenv:Body><CurrentTime xmlns="urn:vim25"><_this type="ServiceInstance">ServiceInstance</_this>` +
+	`</CurrentTime></soapenv:Body></soapenv:Envelope>`
+
+// sessionFault asks the simulator itself whether r's cookie names a live session (a
+// CurrentTime call, which needs one): nil if so, else the simulator's NotAuthenticated answer.
+func (h quiesceHook) sessionFault(r *http.Request) *httptest.ResponseRecorder {
+	probe := httptest.NewRequest(http.MethodPost, "/sdk", strings.NewReader(currentTimeProbe))
+	probe.Header.Set("Content-Type", "text/xml; charset=utf-8")
+	probe.Header.Set("SOAPAction", "urn:vim25/7.0")
+	for _, c := range r.Cookies() {
+		probe.AddCookie(c)
+	}
+	rec := httptest.NewRecorder()
+	h.next.ServeHTTP(rec, probe)
+	if rec.Code == http.StatusOK && !bytes.Contains(rec.Body.Bytes(), []byte("NotAuthenticated")) {
+		return nil
+	}
+	return rec
+}
+
+var firstMethod = regexp.MustCompile(`<(?:[\w.-]+:)?Body\b[^>]*>\s*<(?:[\w.-]+:)?([\w]+)`)
+
+// needsSession says whether a SOAP request is one that stock vcsim answers without a session
+// but vSphere does not: property reads other than ServiceInstance.content.
+func needsSession(body []byte) bool {
+	m := firstMethod.FindSubmatch(body)
+	if m == nil {
+		return false
+	}
+	switch string(m[1]) {
+	case "RetrieveProperties", "RetrievePropertiesEx", "ContinueRetrievePropertiesEx", "Fetch", "List":
+		return !bytes.Contains(body, []byte(`type="ServiceInstance"`))
+	}
+	return false
+}
+
+type removeEnvelope struct {
+	Body struct {
+		Request *struct {
+			This struct {
+				Type  string `xml:"type,attr"`
+				Value string `xml:",chardata"`
+			} `xml:"_this"`
+		} `xml:"RemoveSnapshot_Task"`
+	} `xml:"Body"`
+}
+
+// redirectRemoval delays RemoveSnapshot_Task calls on VMs with RemoveSecondsKey, and sends the
+// first N calls on VMs with RemoveFaultsKey = N to a removeFaulter.
+func redirectRemoval(body []byte) []byte {
+	if !bytes.Contains(body, []byte("RemoveSnapshot_Task")) {
+		return body
+	}
+	var env removeEnvelope
+	if xml.Unmarshal(body, &env) != nil || env.Body.Request == nil {
+		return body
+	}
+	this := env.Body.Request.This
+	snapRef := types.ManagedObjectReference{Type: this.Type, Value: strings.TrimSpace(this.Value)}
+	snap, ok := simulator.Map.Get(snapRef).(*simulator.VirtualMachineSnapshot)
+	if !ok {
+		return body
+	}
+	vmRef := snap.Vm
+	if seconds, err := strconv.ParseFloat(extraConfigOf(vmRef, RemoveSecondsKey), 64); err == nil && seconds > 0 {
+		time.Sleep(time.Duration(seconds * float64(time.Second)))
+	}
+	n, err := strconv.Atoi(extraConfigOf(vmRef, RemoveFaultsKey))
+	if err != nil {
+		return body
+	}
+	removeFaults.Lock()
+	fail := removeFaults.used[vmRef] < n
+	if fail {
+		removeFaults.used[vmRef]++
+	}
+	removeFaults.Unlock()
+	if !fail {
+		return body
+	}
+	target := types.ManagedObjectReference{Type: removeFaultType, Value: snapRef.Value}
+	if simulator.Map.Get(target) == nil {
+		simulator.Map.Put(&removeFaulter{ExtensibleManagedObject: mo.ExtensibleManagedObject{Self: target}})
+	}
+	replacement := fmt.Sprintf(`<_this type="%s">%s</_this>`, target.Type, xmlEscape(snapRef.Value))
+	done := false
+	return thisElement.ReplaceAllFunc(body, func(old []byte) []byte {
+		if done {
+			return old
+		}
+		done = true
+		return []byte(replacement)
+	})
+}
+
+// removeFaulter answers RemoveSnapshot_Task for one snapshot with a failed task whose entity is
+// the snapshot (as vSphere's removal tasks have); the snapshot stays.
+type removeFaulter struct {
+	mo.ExtensibleManagedObject
+}
+
+func (f *removeFaulter) RemoveSnapshotTask(req *types.RemoveSnapshot_Task) soap.HasFault {
+	snap := types.ManagedObjectReference{Type: "VirtualMachineSnapshot", Value: f.Self.Value}
+	fault := &types.FileLocked{}
+	task := simulator.CreateTask(snap, "removeSnapshot", func(*simulator.Task) (types.AnyType, types.BaseMethodFault) {
+		return nil, fault
+	})
+	ref := task.Run()
+	simulator.Map.Update(task, []types.PropertyChange{{
+		Name: "info.error",
+		Val:  &types.LocalizedMethodFault{Fault: fault, LocalizedMessage: removeFaultMessage},
+	}})
+	return &methods.RemoveSnapshot_TaskBody{Res: &types.RemoveSnapshot_TaskResponse{Returnval: ref}}
 }
 
 type snapshotEnvelope struct {

@@ -5,11 +5,15 @@
 // answers, then serves until SIGTERM or SIGINT (or, with -stdin-watch, until stdin closes), when
 // it removes the datastore directories.
 //
-// Besides the stock simulator it has three test hooks (see hooks.go):
+// Besides the stock simulator it has these test hooks (see hooks.go):
 //   - a VM whose extraConfig holds vcbfs.test.quiesceFault = "true" fails quiesced
 //     CreateSnapshot_Task calls with vim.fault.ApplicationQuiesceFault;
 //   - a VM whose extraConfig holds vcbfs.test.consolidationNeeded = "true" reports
 //     runtime.consolidationNeeded once it is next updated (e.g. by a snapshot);
+//   - vcbfs.test.snapshotSeconds = N makes CreateSnapshot_Task run N seconds;
+//   - vcbfs.test.removeSnapshotFaults = N makes the VM's first N RemoveSnapshot_Task calls
+//     fail (FileLocked); vcbfs.test.removeSnapshotSeconds = N delays each one N seconds;
+//   - -strict-sessions: /folder and property reads need a live session, as in vSphere;
 //   - snapshot removal no longer deletes files through stale layoutEx keys.
 package main
 
@@ -40,6 +44,7 @@ func main() {
 	methodDelay := flag.String("method-delay", "", "per-method delays, e.g. CreateSnapshot_Task:300,Login:50 (ms)")
 	vms := flag.Int("vms", -1, "VMs per resource pool in the model (VPX has 2 pools, ESX 1; default 2)")
 	trace := flag.Bool("trace", false, "log SOAP requests and responses to stderr")
+	strictSessions := flag.Bool("strict-sessions", false, "check sessions as vSphere does: /folder needs a live session cookie (401), property reads need a session")
 	stdinWatch := flag.Bool("stdin-watch", false, "also stop when stdin closes (e.g. the parent died)")
 	flag.Parse()
 
@@ -96,6 +101,7 @@ func main() {
 	signal.Notify(stop, syscall.SIGTERM, syscall.SIGINT)
 
 	server := model.Service.NewServer()
+	StrictSessions = *strictSessions
 	installHooks(server)
 
 	shown := *server.URL
