@@ -57,6 +57,18 @@ def cache_dir(name: str) -> Path:
     return root / f"{name}-{key}"
 
 
+def link_into(src: Path, folder: Path, name: str) -> Path:
+    """``src`` as ``folder/name``: a hard link (a copy across file systems), so that a
+    descriptor can name it beside itself, as vcbfs's confinement requires."""
+    dest = folder / name
+    dest.unlink(missing_ok=True)
+    try:
+        os.link(src, dest)
+    except OSError:
+        shutil.copyfile(src, dest)
+    return dest
+
+
 def qemu_vmdk(raw: Path, out: Path, subformat: str) -> Path:
     """``raw`` converted by qemu-img into a VMDK of ``subformat`` at ``out``."""
     run("qemu-img", "convert", "-O", "vmdk", "-o", f"subformat={subformat}", raw, out)

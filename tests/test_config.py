@@ -435,3 +435,15 @@ def test_require_password(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     assert len(asked) == 1
     with pytest.raises(ConfigError, match="no password given"):
         s.require_password(lambda _: "", interactive=True)
+
+
+def test_allow_paths(tmp_path: Path) -> None:
+    """Directories that names inside VM files may also lead to: TOML list, env, CLI."""
+    toml = write(tmp_path / "c.toml", 'allow_paths = ["/srv/templates"]\n')
+    assert load(tmp_path, files=[toml]).allow_paths == [Path("/srv/templates")]
+    env = {"VCBFS_ALLOW_PATHS": "/a:/b"}
+    assert load(tmp_path, env=env, files=[toml]).allow_paths == [Path("/a"), Path("/b")]
+    s = load(tmp_path, {"allow_paths": ["/c"]}, env=env, files=[toml])
+    assert s.allow_paths == [Path("/c")] and s.origin("allow_paths") == "command line"
+    with pytest.raises(ConfigError, match="absolute"):
+        load(tmp_path, {"allow_paths": ["relative/dir"]})

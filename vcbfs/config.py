@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, NoReturn
 
+from vcbfs.blocks import budget as _budget
 from vcbfs.errors import VcbfsError
 
 __all__ = [
@@ -119,9 +120,12 @@ class Settings:
     state_dir: Path = field(default_factory=default_state_dir)
     temp_dir: Path | None = None
     datastore_paths: list[tuple[str, Path]] = field(default_factory=list)
+    allow_paths: list[Path] = field(default_factory=list)  # widen where VM files may lead
     transports: list[str] = field(default_factory=lambda: list(TRANSPORTS))
     quiesce: bool = True
     idle: float = 300.0
+    # bytes all caches of the process share (vcbfs.blocks.budget); applied when loaded
+    memory_budget: int = _budget.DEFAULT_BUDGET
     origins: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -255,6 +259,16 @@ def _datastores(v: Any) -> list[tuple[str, Path]]:
     return list(out.items())
 
 
+def _allow_paths(v: Any) -> list[Path]:
+    items = v.split(":") if isinstance(v, str) else list(v)
+    out = []
+    for item in items:
+        if not isinstance(item, str | os.PathLike) or not os.path.isabs(item):
+            raise ValueError(f"must be absolute directories, not {item!r}")
+        out.append(Path(item))
+    return out
+
+
 # setting -> (converter, the TOML types it takes); "datastore_paths" is the TOML [datastores]
 _SCHEMA: dict[str, tuple[Callable[[Any], Any], tuple[type, ...]]] = {
     "host": (_host, (str,)),
@@ -269,9 +283,11 @@ _SCHEMA: dict[str, tuple[Callable[[Any], Any], tuple[type, ...]]] = {
     "state_dir": (_path, (str,)),
     "temp_dir": (_path, (str,)),
     "datastore_paths": (_datastores, (dict,)),
+    "allow_paths": (_allow_paths, (list,)),
     "transports": (_transports, (list,)),
     "quiesce": (_bool, (bool,)),
     "idle": (_idle, (float, int)),
+    "memory_budget": (_budget.parse_size, (str, int)),
 }
 _FILE_PATHS = ("password_file", "ca_file", "vm_name_cache", "state_dir", "temp_dir")
 
@@ -454,6 +470,10 @@ def load_settings(
         origins["password"] = str(pw.value.path)
     values.setdefault("state_dir", default_state_dir(env))
     values.setdefault("vm_name_cache", values["state_dir"] / "vmnames.json")
+    if "memory_budget" in merged:  # the process-wide budget, unless a higher source set it
+        source = origins["memory_budget"]
+        rank = source if source in ("environment", "command line") else "file"
+        _budget.configure(values["memory_budget"], rank)
     return Settings(**values, origins=origins)
 
 

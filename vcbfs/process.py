@@ -1,14 +1,16 @@
 """Who is running on this machine: process identity from /proc, for ownership checks.
 
 A PID alone is reused; a PID with its start time (and the boot it started in) names one
-process.  An exited process that init has not reaped yet (a zombie) counts as finished.
+process.  An exited process that init has not reaped yet (a zombie) counts as finished.  A
+host name is shared by proxies cloned from one template; the machine id is not (systemd makes
+a new one on a clone's first boot, or ``systemd-machine-id-setup`` after clearing it).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["boot_id", "start_time"]
+__all__ = ["boot_id", "machine_id", "start_time"]
 
 
 def boot_id() -> str:
@@ -17,6 +19,18 @@ def boot_id() -> str:
         return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     except OSError:
         return ""
+
+
+def machine_id() -> str:
+    """This machine's id (/etc/machine-id, else D-Bus's copy); empty where there is none."""
+    for path in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
+        try:
+            text = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if text:
+            return text
+    return ""
 
 
 def start_time(pid: int) -> str:

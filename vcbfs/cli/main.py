@@ -86,6 +86,15 @@ def parse(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Name
     return args
 
 
+def _settings_budget(args: argparse.Namespace) -> None:
+    """Apply ``memory_budget`` from config.toml (or the environment) for every verb that reads
+    VM files: the vSphere verbs read all settings, but a local disk's would not, and the
+    budget bounds them all.  The same files, ranks and checks as the vSphere verbs."""
+    from vcbfs.config import load_settings
+
+    load_settings({"config": getattr(args, "config", None)})
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(_verb(argv))
@@ -95,6 +104,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="vcbfs: %(levelname)s: %(message)s",
     )
     try:
+        if hasattr(args, "memory_budget"):
+            _settings_budget(args)
         return int(args.run(args) or 0)
     except VcbfsError as exc:
         if args.debug:

@@ -5,6 +5,10 @@ before that is printed by the command itself with a non-zero exit.  Without ``-f
 runs on in the background (forked, in its own session), with its PID in a run-state file so
 that ``umount`` can wait for it to finish: when ``umount`` returns, the server has released
 everything.  ``umount`` also cleans up a mount whose server died.
+
+The server keeps no password or session cookie in its environment, cannot dump core, and keeps
+its PID file and control socket only in a run directory that is its user's alone; ``umount``
+does not act on a PID file that is a symbolic link or someone else's (see ``vcbfs.hygiene``).
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ class UsageError(VcbfsError, ValueError):
 
 
 def register(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from vcbfs.cli.common import add_allow_option
     from vcbfs.cli.vsphere import add_vsphere_options
 
     m = verbs.add_parser(
@@ -93,6 +98,7 @@ def register(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         metavar="DS=PATH",
         help="read datastore DS from a local mount at PATH (SAN/NFS); repeatable, in order",
     )
+    add_allow_option(m)
     m.add_argument(
         "--transport",
         dest="transports",
@@ -166,6 +172,9 @@ def _is_spec(text: str) -> bool:
 
 
 def run_mount(args: argparse.Namespace) -> int:
+    from vcbfs.hygiene import drop_secret_env, no_core_dumps
+
+    no_core_dumps()  # from before the password is read: a crash writes no core file with it
     opts = parse_options(args.options)
     if len(args.targets) > 2 or (len(args.targets) == 1 and not args.automount):
         raise UsageError("give SOURCE MOUNTPOINT (or --automount [SOURCE] MOUNTPOINT)")
@@ -195,6 +204,15 @@ def run_mount(args: argparse.Namespace) -> int:
             "no such file, and not a VM specifier (name:, ipaddr:, ...)", source=source
         )
     idle = opts["idle"] if opts["idle"] is not None else (settings.idle if settings else 300.0)
+    # What was needed is read (the password is in settings, to log in again when the session
+    # expires): the server's environment, its children's and /proc/PID/environ keep none of it.
+    drop_secret_env()
+    # The PID file (background) and the control socket (automount) go in a checked run dir.
+    run_dir = None
+    if not args.foreground:
+        run_dir = _open_run_dir("record the server's PID")
+    elif args.automount:
+        run_dir = _open_run_dir("make the control socket")
 
     def start(ready: object) -> None:
         from vcbfs.fs.mount import fuse_options, serve
@@ -205,7 +223,8 @@ def run_mount(args: argparse.Namespace) -> int:
             assert settings is not None
             model = _vsphere_model(args, settings, source, float(idle), modes, closers)
         else:
-            model = _local_model(source, args.automount, float(idle), modes)
+            allow = args.allow_paths or []
+            model = _local_model(source, args.automount, float(idle), modes, allow)
         serve(
             model,
             mountpoint,
@@ -218,8 +237,14 @@ def run_mount(args: argparse.Namespace) -> int:
         )
 
     if args.foreground:
-        start(None)
+        try:
+            start(None)
+        finally:
+            if run_dir is not None:
+                os.close(run_dir)
         return 0
+    assert run_dir is not None
+    pidname = _pidfile(mountpoint).name
 
     r, w = os.pipe()
     pid = os.fork()
@@ -237,9 +262,10 @@ def run_mount(args: argparse.Namespace) -> int:
     os.setsid()
     code = 0
     try:
-        try:
-            RUN_DIR.mkdir(parents=True, exist_ok=True, mode=0o700)
-            _pidfile(mountpoint).write_text(str(os.getpid()))
+        from vcbfs.hygiene import write_private_file
+
+        try:  # never through a symbolic link planted under the PID file's name
+            write_private_file(run_dir, pidname, str(os.getpid()).encode())
         except OSError as exc:
             raise VcbfsError(
                 f"cannot record the server's PID there: {exc.strerror} (set VCBFS_RUN_DIR)",
@@ -259,9 +285,53 @@ def run_mount(args: argparse.Namespace) -> int:
         _tell(w, _reason(exc))
         code = 1
     finally:
-        with contextlib.suppress(OSError):
-            _pidfile(mountpoint).unlink(missing_ok=True)
+        _forget_pid(run_dir, pidname)
         os._exit(code)
+
+
+def _forget_pid(run_dir: int, name: str) -> None:
+    """Remove the PID file if it still names this process (nothing planted in its place)."""
+    from vcbfs.hygiene import read_private_file
+
+    with contextlib.suppress(OSError):
+        if read_private_file(run_dir, name, where="") == str(os.getpid()).encode():
+            os.unlink(name, dir_fd=run_dir)
+
+
+def _open_run_dir(purpose: str) -> int:
+    """The run directory, created (0700) if missing and checked: a real directory owned by this
+    user that nobody else can write to (else no PID file or socket in it can be trusted)."""
+    from vcbfs.hygiene import UnsafeStateError, private_dir
+
+    try:
+        fd = private_dir(RUN_DIR, create=True)
+    except UnsafeStateError:
+        raise
+    except OSError as exc:
+        raise VcbfsError(
+            f"cannot {purpose} there: {exc.strerror} (set VCBFS_RUN_DIR)", source=str(RUN_DIR)
+        ) from None
+    assert fd is not None
+    return fd
+
+
+def _read_pid(mountpoint: str) -> int | None:
+    """The PID in the mount's PID file; None if there is none (or it is unreadable or not a
+    number).  A run directory or PID file that another user could have planted or changed (a
+    symbolic link, another owner, group- or other-writable) raises UnsafeStateError."""
+    from vcbfs.hygiene import private_dir, read_private_file
+
+    fd = private_dir(RUN_DIR, create=False)
+    if fd is None:
+        return None
+    try:
+        data = read_private_file(fd, _pidfile(mountpoint).name, where=str(RUN_DIR))
+    finally:
+        os.close(fd)
+    try:
+        return int(data) if data is not None else None
+    except ValueError:
+        return None
 
 
 def _log_to_syslog() -> None:
@@ -300,13 +370,16 @@ def run_umount(args: argparse.Namespace) -> int:
     import shutil
     import subprocess
 
+    from vcbfs.hygiene import UnsafeStateError, private_dir
     from vcbfs.process import start_time
 
     mountpoint = args.mountpoint
-    pidfile = _pidfile(mountpoint)
+    untrusted: UnsafeStateError | None = None
     try:  # read before unmounting: the server removes the file as it exits
-        pid: int | None = int(pidfile.read_text())
-    except (OSError, ValueError):
+        pid = _read_pid(mountpoint)
+    except UnsafeStateError as exc:
+        pid, untrusted = None, exc
+    except OSError:
         pid = None
     tool = shutil.which("fusermount3") or shutil.which("fusermount") or "fusermount3"
     done = subprocess.run([tool, "-u", mountpoint], capture_output=True, text=True, check=False)
@@ -322,6 +395,12 @@ def run_umount(args: argparse.Namespace) -> int:
                 "now, and the server ends (releasing any snapshot) once they are closed",
                 file=sys.stderr,
             )
+    if untrusted is not None:
+        print(
+            f"vcbfs: {untrusted.describe()}; unmounted, but not waiting for the server",
+            file=sys.stderr,
+        )
+        return 1
     if pid is None:
         return 0
     deadline = time.monotonic() + UMOUNT_WAIT
@@ -332,12 +411,18 @@ def run_umount(args: argparse.Namespace) -> int:
     else:
         print(f"vcbfs: the server (pid {pid}) is still finishing", file=sys.stderr)
         return 1
-    pidfile.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        fd = private_dir(RUN_DIR, create=False)
+        if fd is not None:
+            try:
+                os.unlink(_pidfile(mountpoint).name, dir_fd=fd)
+            finally:
+                os.close(fd)
     return 0
 
 
 def _local_model(
-    source: str, automount: bool, idle: float, modes: dict[str, int]
+    source: str, automount: bool, idle: float, modes: dict[str, int], allow: list[str]
 ) -> Tree | VmFolder:
     from vcbfs.fs.automount import VmFolder
     from vcbfs.fs.tree import Tree
@@ -346,8 +431,8 @@ def _local_model(
 
     now = time.time_ns()
     if automount:
-        return VmFolder(LocalProvider([source]), idle=idle, now_ns=now, **modes)
-    return Tree(open_local_vm(source), now_ns=now, **modes)
+        return VmFolder(LocalProvider([source], allow=allow), idle=idle, now_ns=now, **modes)
+    return Tree(open_local_vm(source, allow=allow), now_ns=now, **modes)
 
 
 def _vsphere_model(
@@ -380,6 +465,7 @@ def _vsphere_model(
             session,
             local=[(n, str(p)) for n, p in settings.datastore_paths],
             transports=settings.transports,
+            allow=settings.allow_paths,
         )
         provider = VsphereProvider(
             session,

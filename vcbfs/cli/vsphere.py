@@ -46,6 +46,7 @@ def add_vsphere_options(parser: argparse.ArgumentParser) -> None:
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
     from vcbfs.config import load_settings
+    from vcbfs.hygiene import drop_secret_env
 
     cli = {
         "host": args.host,
@@ -59,11 +60,13 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         "backuptools": args.backuptools,
         "state_dir": args.state_dir,
     }
-    for key in ("datastore_paths", "transports", "idle"):
+    for key in ("datastore_paths", "allow_paths", "transports", "idle"):
         cli[key] = getattr(args, key, None)
     if getattr(args, "no_quiesce", False):
         cli["quiesce"] = False
-    return load_settings(cli)
+    settings = load_settings(cli)
+    drop_secret_env()  # the password is in settings now: no child or /proc reader gets it
+    return settings
 
 
 def connect(settings: Settings) -> Session:
@@ -140,14 +143,25 @@ def run_release(args: argparse.Namespace) -> int:
 
     path = os.path.abspath(args.path.rstrip("/"))
     mountpoint, name = os.path.dirname(path), os.path.basename(path)
-    from vcbfs.cli.mount import control_path
+    from vcbfs.cli.mount import RUN_DIR, control_path
+    from vcbfs.hygiene import UnsafeStateError, private_dir
+
+    try:  # only a socket in a directory nobody else could have put it in
+        run_dir = private_dir(RUN_DIR, create=False)
+    except UnsafeStateError:
+        raise
+    except OSError:
+        run_dir = None  # connecting says what is wrong
+    if run_dir is not None:
+        os.close(run_dir)
 
     sock_path = str(control_path(mountpoint))
     request = json.dumps({"release": name, "force": args.force}).encode() + b"\n"
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(600)
+            s.settimeout(30)  # a full backlog: a hung server answers no one
             s.connect(sock_path)
+            s.settimeout(600)  # a release waits for vSphere to remove the snapshot
             s.sendall(request)
             data = b""
             while not data.endswith(b"\n"):
