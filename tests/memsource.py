@@ -8,6 +8,20 @@ from vcbfs.blocks.source import ByteSource, Location
 from vcbfs.errors import NotFoundError
 
 
+def overlay(data: bytes, offset: int, patches) -> bytes:
+    """``data`` (read at ``offset``) with the parts of ``patches`` ((offset, bytes) pairs,
+    later ones winning) that fall inside it laid over it."""
+    end = offset + len(data)
+    hits = [(at, p) for at, p in patches if at < end and at + len(p) > offset]
+    if not hits:
+        return data
+    buf = bytearray(data)
+    for at, p in hits:
+        lo, hi = max(at, offset), min(at + len(p), end)
+        buf[lo - offset : hi - offset] = p[lo - at : hi - at]
+    return bytes(buf)
+
+
 class MemorySource(ByteSource):
     """Bytes held in memory; counts reads so tests can see what reached the source."""
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import struct
 
+from tests.memsource import overlay
 from vcbfs.blocks.source import ByteSource
 
 __all__ = [
@@ -55,32 +56,21 @@ class ImageSource(_Capped):
         self.patches = [(at, p) for at, p in patches if p and at < size]
 
     def _read(self, offset: int, n: int) -> bytes:
-        end = offset + n
-        hits = [(at, p) for at, p in self.patches if at < end and at + len(p) > offset]
-        if not hits:
-            return bytes(n)
-        buf = bytearray(n)
-        for at, p in hits:
-            lo, hi = max(at, offset), min(at + len(p), end)
-            buf[lo - offset : hi - offset] = p[lo - at : hi - at]
-        return bytes(buf)
+        return overlay(bytes(n), offset, self.patches)
 
 
 class PatchedSource(_Capped):
-    """``base`` (bytes) with patches laid over it; the size is the base's."""
+    """``base`` (bytes) with patches laid over it, in order, as it is read; the size is the
+    base's.  Nothing is copied up front: a run costs what it reads, not the base's size."""
 
     def __init__(self, base: bytes, patches: list[tuple[int, bytes]], name: str = "<fuzz>"):
         self.size = len(base)
         self.name = name
-        buf = bytearray(base)
-        for at, p in patches:
-            if at < self.size:
-                p = p[: self.size - at]
-                buf[at : at + len(p)] = p
-        self.data = bytes(buf)
+        self.base = base
+        self.patches = [(at, p[: self.size - at]) for at, p in patches if p and at < self.size]
 
     def _read(self, offset: int, n: int) -> bytes:
-        return self.data[offset : offset + n]
+        return overlay(self.base[offset : offset + n], offset, self.patches)
 
 
 class BytesSource(_Capped):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tests.memsource import overlay
 from vcbfs.blocks.source import ByteSource
 from vcbfs.errors import OutOfRangeError
 from vcbfs.ntfs.attributes import AT, Attribute
@@ -65,16 +66,7 @@ class PatchedSource(ByteSource):
     def _read(self, offset: int, n: int) -> bytes:
         self.largest_read = max(self.largest_read, n)
         self.bytes_read += n
-        data = self.base.read_at(offset, n)
-        end = offset + n
-        hits = [(at, p) for at, p in self.patches.items() if at < end and at + len(p) > offset]
-        if not hits:
-            return data
-        buf = bytearray(data)
-        for at, p in hits:
-            lo, hi = max(at, offset), min(at + len(p), end)
-            buf[lo - offset : hi - offset] = p[lo - at : hi - at]
-        return bytes(buf)
+        return overlay(self.base.read_at(offset, n), offset, self.patches.items())
 
 
 def stream_offset(stream: ByteSource, pos: int) -> int:
