@@ -273,7 +273,7 @@ def test_long_lived_structures_are_held_while_their_owner_lives() -> None:
     a, b = Owner(), Owner()
     budget.hold(a, 300, "a grain directory")
     assert budget.held == 300 and budget.used <= 700
-    with pytest.raises(OverBudgetError, match="more than half the memory budget"):
+    with pytest.raises(OverBudgetError, match="more than 500 bytes of the memory budget of 1000"):
         budget.hold(b, 201, "another")
     budget.hold(b, 200, "another")
     del a

@@ -336,6 +336,23 @@ def test_random_ranges_equal_qemu(delta: Delta, base: tuple[Path, bytes]) -> Non
         )
 
 
+def test_chain_answers_from_cached_grain_tables(delta: Delta, base: tuple[Path, bytes]) -> None:
+    """COWD and SEsparse deltas map from cached grain tables on the mount's non-blocking path
+    (issue 13): once a pass has loaded them, every range comes back without a thread and equal
+    to what qemu-img reads."""
+    from tests.blocks.test_perf_paths import answers_like_read_at, nowait_works
+    from vcbfs.blocks.local import LocalLocation
+    from vcbfs.blocks.vmdk.disk import open_disk
+
+    with open_disk(LocalLocation(delta.descriptor)) as disk:
+        first = min(delta.changes)
+        assert disk.try_read_at(first, 512) is None  # its grain table is not loaded yet
+        assert disk.read_at(0, disk.size) == delta.qemu
+        answered = answers_like_read_at(disk, 5)
+        if nowait_works(delta.descriptor.parent):
+            assert answered == 200
+
+
 def test_adjacent_grains_merge_into_one_read(cowd1: Delta, ses: Delta) -> None:
     # cowd1 stores grains in order: the 40-grain run at 5 MiB is one DATA run
     runs = list(cowd1.open().map(5 * MiB, 40 * 512))

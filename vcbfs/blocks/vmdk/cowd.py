@@ -18,7 +18,7 @@ from array import array
 from vcbfs.blocks.budget import BUDGET, weigh_array
 from vcbfs.blocks.lru import LRU
 from vcbfs.blocks.source import ByteSource, read_exact
-from vcbfs.blocks.vmdk.extent import SECTOR, GrainExtent, Kind, le_table
+from vcbfs.blocks.vmdk.extent import SECTOR, GrainExtent, Kind, WouldWait, le_table
 from vcbfs.errors import CorruptError, UnsupportedError
 
 __all__ = ["COWD_MAGIC", "CowdExtent"]
@@ -137,10 +137,12 @@ class CowdExtent(GrainExtent):
             )
         return head
 
-    def _table(self, gd_index: int) -> array[int]:
+    def _table(self, gd_index: int, wait: bool = True) -> array[int]:
         table = self._tables.get(gd_index)
         if table is not None:
             return table
+        if not wait:
+            raise WouldWait
         sector = self._gd[gd_index]
         if sector < HEADER_SECTORS:
             raise CorruptError(
@@ -152,13 +154,13 @@ class CowdExtent(GrainExtent):
         self._tables.put(gd_index, table)
         return table
 
-    def _grain(self, index: int) -> tuple[Kind, int]:
+    def _grain(self, index: int, wait: bool = True) -> tuple[Kind, int]:
         self._check_grain(index)
         gs = self.grain_size
         gd_index, gt_index = divmod(index, GTES_PER_GT)
         if self._gd[gd_index] == 0:
             return Kind.ABSENT, -1
-        sector = self._table(gd_index)[gt_index]
+        sector = self._table(gd_index, wait)[gt_index]
         if sector == 0:
             return Kind.ABSENT, -1
         loc = sector * SECTOR

@@ -21,7 +21,16 @@ from dataclasses import dataclass
 from vcbfs.blocks.source import Buffer, ByteSource, read_exact
 from vcbfs.errors import CorruptError, OutOfRangeError
 
-__all__ = ["Extent", "FlatExtent", "GrainExtent", "Kind", "Run", "ZeroExtent", "le_table"]
+__all__ = [
+    "Extent",
+    "FlatExtent",
+    "GrainExtent",
+    "Kind",
+    "Run",
+    "WouldWait",
+    "ZeroExtent",
+    "le_table",
+]
 
 
 _CODES = {4: "I" if array("I").itemsize == 4 else "L", 8: "Q"}
@@ -150,11 +159,19 @@ class ZeroExtent(Extent):
         return self.map(offset, length)
 
 
+class WouldWait(Exception):
+    """A grain table is not in memory and ``wait`` was False: map it from a worker thread."""
+
+
 class GrainExtent(Extent):
     """A grain-mapped extent: fixed-size grains, each DATA at some file offset, ZERO or ABSENT.
 
     Subclasses set ``grain_size`` (bytes) and implement ``_grain``.  Contiguous DATA grains are
     merged into one run (one read) unless ``merge_data`` is False (compressed grains).
+
+    ``map_nowait`` answers from the grain tables already in memory, so a snapshot chain whose
+    tables are cached is served on the event loop like a flat disk; a missing table makes it
+    return None (the read then goes to a worker thread, which loads the table).
     """
 
     grain_size: int
@@ -170,14 +187,24 @@ class GrainExtent(Extent):
         return file
 
     @abstractmethod
-    def _grain(self, index: int) -> tuple[Kind, int]:
-        """Kind and file byte offset (DATA only, else -1) of grain ``index``."""
+    def _grain(self, index: int, wait: bool = True) -> tuple[Kind, int]:
+        """Kind and file byte offset (DATA only, else -1) of grain ``index``.  With ``wait``
+        False, raise WouldWait rather than read a grain table."""
 
     def _check_grain(self, index: int) -> None:
         if index < 0 or index * self.grain_size >= self.size:
             raise OutOfRangeError(f"grain {index} is outside the extent", source=self.name)
 
     def map(self, offset: int, length: int) -> Iterator[Run]:
+        return self._map(offset, length, True)
+
+    def map_nowait(self, offset: int, length: int) -> Iterator[Run] | None:
+        try:
+            return iter(list(self._map(offset, length, False)))
+        except WouldWait:
+            return None
+
+    def _map(self, offset: int, length: int, wait: bool) -> Iterator[Run]:
         gs = self.grain_size
         end = offset + length
         pos = offset
@@ -186,7 +213,7 @@ class GrainExtent(Extent):
             index = pos // gs
             within = pos - index * gs
             n = min(gs - within, end - pos)
-            kind, loc = self._grain(index)
+            kind, loc = self._grain(index, wait)
             if kind is Kind.DATA:
                 loc += within
             if pending is not None:

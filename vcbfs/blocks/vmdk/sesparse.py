@@ -26,7 +26,7 @@ from array import array
 from vcbfs.blocks.budget import BUDGET, weigh_array
 from vcbfs.blocks.lru import LRU
 from vcbfs.blocks.source import ByteSource, read_exact
-from vcbfs.blocks.vmdk.extent import SECTOR, GrainExtent, Kind, le_table
+from vcbfs.blocks.vmdk.extent import SECTOR, GrainExtent, Kind, WouldWait, le_table
 from vcbfs.errors import CorruptError, UnsupportedError
 
 __all__ = [
@@ -238,10 +238,12 @@ class SeSparseExtent(GrainExtent):
         self.free_gt_number = free_gt
         self.next_txn_seq_number = next_txn
 
-    def _table(self, gd_index: int, entry: int) -> array[int]:
+    def _table(self, gd_index: int, entry: int, wait: bool = True) -> array[int]:
         table = self._tables.get(gd_index)
         if table is not None:
             return table
+        if not wait:
+            raise WouldWait
         number = entry & 0xFFFF_FFFF
         if entry >> 32 != GD_TABLE_BITS or number >= self._gt_count:
             raise CorruptError(
@@ -255,14 +257,14 @@ class SeSparseExtent(GrainExtent):
         self._tables.put(gd_index, table)
         return table
 
-    def _grain(self, index: int) -> tuple[Kind, int]:
+    def _grain(self, index: int, wait: bool = True) -> tuple[Kind, int]:
         self._check_grain(index)
         gs = self.grain_size
         gd_index, gt_index = divmod(index, GTES_PER_GT)
         gd_entry = self._gd[gd_index]
         if gd_entry == 0:
             return Kind.ABSENT, -1
-        entry = self._table(gd_index, gd_entry)[gt_index]
+        entry = self._table(gd_index, gd_entry, wait)[gt_index]
         kind, slot = decode_grain_entry(entry)
         if kind == GRAIN_ALLOCATED:
             loc = self._grains_start + slot * gs

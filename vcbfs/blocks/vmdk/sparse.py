@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 from vcbfs.blocks.budget import BUDGET, weigh_array, weigh_bytes
 from vcbfs.blocks.lru import LRU
-from vcbfs.blocks.source import ByteSource, read_exact
-from vcbfs.blocks.vmdk.extent import SECTOR, GrainExtent, Kind, Run, le_table
+from vcbfs.blocks.source import Buffer, ByteSource, read_exact
+from vcbfs.blocks.vmdk.extent import SECTOR, GrainExtent, Kind, Run, WouldWait, le_table
 from vcbfs.errors import CorruptError, UnsupportedError
 
 __all__ = ["SPARSE_MAGIC", "SparseExtent", "SparseHeader", "read_sparse_header"]
@@ -196,11 +196,13 @@ class SparseExtent(GrainExtent):
         raw = read_exact(self.file, sector * SECTOR, nbytes, what) if nbytes else b""
         return le_table(raw, 4)
 
-    def _table(self, gd_index: int) -> array[int] | None:
+    def _table(self, gd_index: int, wait: bool = True) -> array[int] | None:
         """The grain table for ``gd_index`` (None if absent), from the primary GD or the RGD."""
         table = self._tables.get(gd_index)
         if table is not None:
             return table
+        if not wait and self._gd[gd_index] != 0:
+            raise WouldWait
         errors: list[CorruptError] = []
         for directory in (self._gd, self._rgd):
             if directory is None:
@@ -224,11 +226,11 @@ class SparseExtent(GrainExtent):
             return table
         raise errors[0]
 
-    def _grain(self, index: int) -> tuple[Kind, int]:
+    def _grain(self, index: int, wait: bool = True) -> tuple[Kind, int]:
         gd_index, gt_index = divmod(index, self.header.num_gtes)
         if gd_index >= self._gd_entries:
             raise CorruptError(f"grain {index} is beyond the grain directory", source=self.name)
-        table = self._table(gd_index)
+        table = self._table(gd_index, wait)
         if table is None:
             return Kind.ABSENT, -1
         sector = table[gt_index]
@@ -249,6 +251,15 @@ class SparseExtent(GrainExtent):
             grain = self._inflate(run.loc - within, index)
             self._grains.put(index, grain)
         return grain[within : within + run.length]
+
+    def try_read_run(self, run: Run) -> Buffer | None:
+        if self.merge_data:
+            return super().try_read_run(run)
+        gs = self.grain_size
+        index = run.offset // gs
+        within = run.offset - index * gs
+        grain = self._grains.get(index)
+        return None if grain is None else grain[within : within + run.length]
 
     def _inflate(self, loc: int, index: int) -> bytes:
         """Decompress grain ``index`` whose marker (or stream) starts at byte ``loc``."""
