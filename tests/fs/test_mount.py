@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -66,10 +67,10 @@ class _Served:
 
 
 @contextlib.contextmanager
-def _foreground(source: Path, mnt: Path) -> Iterator[_Served]:
+def _foreground(source: Path, mnt: Path, *options: str) -> Iterator[_Served]:
     """``vcbfs mount -f SOURCE MNT``, serving; afterwards unmounted, exited, its stderr read."""
     mnt.mkdir(exist_ok=True)
-    argv = [sys.executable, "-m", "vcbfs", "mount", "-f", str(source), str(mnt)]
+    argv = [sys.executable, "-m", "vcbfs", "mount", "-f", *options, str(source), str(mnt)]
     served = _Served(
         subprocess.Popen(
             argv,
@@ -674,3 +675,28 @@ def test_a_crashed_server_leaves_enotconn_not_an_empty_folder(
         if server.poll() is None:
             server.kill()
         subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True, check=False)
+
+
+def test_a_request_profile_counts_and_times_what_the_mount_answered(
+    test_vm: TestVm, tmp_path: Path
+) -> None:
+    """``--request-profile FILE``: requests by type with counts and mean times, as JSON, so
+    a benchmark's figure comes with where its time went (issue 13)."""
+    profile = tmp_path / "requests.json"
+    with _foreground(test_vm.vmx, tmp_path / "m", "--request-profile", str(profile)) as served:
+        read = 0
+        for path in sorted((tmp_path / "m" / "digits").rglob("*")):
+            if path.is_file() and not path.is_symlink() and path.stat().st_size:
+                with contextlib.suppress(OSError):  # a damaged fixture file may give EIO
+                    path.read_bytes()
+                    read += 1
+        assert read > 10
+    assert served.process.returncode == 0, served.stderr
+    summary = json.loads(profile.read_text())
+    rows = {r["request"]: r for r in summary["requests"]}
+    assert {"lookup", "getattr", "opendir", "readdir", "open", "read", "release"} <= set(rows)
+    assert rows["open"]["count"] >= read and rows["release"]["count"] == rows["open"]["count"]
+    assert rows["read"]["count"] >= read
+    assert all(r["count"] > 0 and r["mean_us"] > 0 for r in rows.values())
+    times = [r["total_ms"] for r in summary["requests"]]
+    assert times == sorted(times, reverse=True)  # busiest first

@@ -100,6 +100,12 @@ def register(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     add_allow_option(m)
     m.add_argument(
+        "--request-profile",
+        metavar="FILE",
+        help="count and time FUSE requests by type, and write the table to FILE as JSON when "
+        "the mount ends (for benchmarks; off by default)",
+    )
+    m.add_argument(
         "--transport",
         dest="transports",
         metavar="LIST",
@@ -234,6 +240,9 @@ def run_mount(args: argparse.Namespace) -> int:
             ready=ready,  # type: ignore[arg-type]
             control=str(control_path(mountpoint)) if args.automount else None,
             cleanup=lambda: [c() for c in reversed(closers)],
+            request_profile=(
+                os.path.abspath(args.request_profile) if args.request_profile else None
+            ),
         )
 
     if args.foreground:

@@ -21,6 +21,7 @@ import trio
 from vcbfs.errors import VcbfsError
 from vcbfs.fs.automount import VmFolder
 from vcbfs.fs.operations import Operations
+from vcbfs.fs.profile import RequestProfile
 from vcbfs.fs.tree import ROOT_INO, Tree
 
 __all__ = ["fuse_options", "serve"]
@@ -67,6 +68,7 @@ def serve(
     ready: Callable[[], None] | None = None,
     control: str | None = None,
     cleanup: Callable[[], object] | None = None,
+    request_profile: str | None = None,
 ) -> None:
     """Mount ``tree`` at ``mountpoint`` and serve it until unmounted or signalled.
 
@@ -74,8 +76,11 @@ def serve(
     that (even ``stat``) would wait on this very process.  For a folder of VMs, idle VMs are
     released as they expire, and ``control`` (a Unix socket path) takes ``release VM``
     requests from ``vcbfs release``.  ``cleanup`` runs after the tree is closed (a logout).
+    With ``request_profile`` (a file name), requests are counted and timed, and the table is
+    written there as JSON when the mount ends.
     """
-    ops = Operations(tree, uid=uid, gid=gid)
+    profile = RequestProfile() if request_profile is not None else None
+    ops = Operations(tree, uid=uid, gid=gid, profile=profile)
     try:
         pyfuse3.init(ops, mountpoint, options)
     except BaseException:
@@ -110,7 +115,17 @@ def serve(
         if control is not None:
             with contextlib.suppress(OSError):
                 os.unlink(control)
+        if profile is not None and request_profile is not None:
+            _write_profile(profile, request_profile)
         log.info("unmounted %s (%s)", mountpoint, "clean" if unmounted else "after an error")
+
+
+def _write_profile(profile: RequestProfile, path: str) -> None:
+    try:
+        profile.write(path)
+        log.info("request profile written to %s", path)
+    except OSError as exc:
+        log.error("cannot write the request profile to %s: %s", path, exc)
 
 
 def _close(tree: Tree | VmFolder, cleanup: Callable[[], object] | None) -> None:

@@ -19,6 +19,7 @@ import functools
 import itertools
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
@@ -29,6 +30,7 @@ from vcbfs.blocks.budget import BUDGET
 from vcbfs.blocks.source import Buffer, ByteSource
 from vcbfs.errors import VcbfsError
 from vcbfs.fs.names import decode_name, encode_name
+from vcbfs.fs.profile import RequestProfile
 from vcbfs.fs.tree import Attr, Tree, weigh_listing
 
 if TYPE_CHECKING:
@@ -49,8 +51,12 @@ R = TypeVar("R")
 def _guard(handler: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
     """Let only FUSEError out of a handler."""
 
+    name = handler.__name__
+
     @functools.wraps(handler)
     async def wrapped(*args: P.args, **kwargs: P.kwargs) -> R:
+        profile: RequestProfile | None = args[0].profile  # type: ignore[attr-defined]
+        start = time.perf_counter_ns() if profile is not None else 0
         try:
             return await handler(*args, **kwargs)
         except pyfuse3.FUSEError:
@@ -62,6 +68,9 @@ def _guard(handler: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
         except Exception:
             log.exception("%s failed", handler.__name__)
             raise pyfuse3.FUSEError(errno.EIO) from None
+        finally:
+            if profile is not None:
+                profile.add(name, time.perf_counter_ns() - start)
 
     return wrapped
 
@@ -94,9 +103,18 @@ class Operations(pyfuse3.Operations):
 
     enable_writeback_cache = False
 
-    def __init__(self, tree: Tree | VmFolder, *, uid: int = 0, gid: int = 0, threads: int = 16):
+    def __init__(
+        self,
+        tree: Tree | VmFolder,
+        *,
+        uid: int = 0,
+        gid: int = 0,
+        threads: int = 16,
+        profile: RequestProfile | None = None,
+    ):
         super().__init__()
         self.tree = tree
+        self.profile = profile
         self.uid = uid
         self.gid = gid
         self._limiter = trio.CapacityLimiter(threads)
@@ -212,6 +230,8 @@ class Operations(pyfuse3.Operations):
             source = self.tree.try_open(inode)
             if source is None:
                 source = await self._run(self.tree.open, inode)
+            elif self.profile is not None:
+                self.profile.note("opens answered in the event loop")
         except VcbfsError as exc:
             await self._report(inode, exc)
             raise
@@ -238,6 +258,8 @@ class Operations(pyfuse3.Operations):
         try:
             data = source.try_read_at(off, size)
             if data is not None:
+                if self.profile is not None:
+                    self.profile.note("reads answered in the event loop")
                 return data
             return await self._run(source.read_at, off, size)
         except VcbfsError as exc:
