@@ -8,16 +8,26 @@ rebuilds, and a second run reuses them.  Each image has a reference raw produced
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import random
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 from tests.blocks import vmdkgen
 
-__all__ = ["VMDK_KINDS", "build_vmdk_images", "cache_dir", "qemu_raw", "qemu_vmdk", "run"]
+__all__ = [
+    "VMDK_KINDS",
+    "build_once",
+    "build_vmdk_images",
+    "cache_dir",
+    "qemu_raw",
+    "qemu_vmdk",
+    "run",
+]
 
 MIB = 1 << 20
 BASE_SIZE = 40 * MIB + 7 * 512  # not a multiple of the 64 KiB grain: the last grain is partial
@@ -55,6 +65,31 @@ def cache_dir(name: str) -> Path:
     key = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
     root = Path(os.environ.get("VCBFS_TEST_CACHE", Path.home() / ".cache" / "vcbfs-tests"))
     return root / f"{name}-{key}"
+
+
+def build_once(root: Path, build: Callable[[Path], object]) -> bool:
+    """Make ``root`` with ``build(work)`` unless it is complete already; True if it built.
+
+    ``build`` fills a sibling ``.building`` folder, which is renamed into place and marked
+    complete only when it returns: an interrupted build leaves nothing that looks done.
+    Concurrent callers (pytest-xdist, a benchmark beside the suite) wait on a lock file.
+    """
+    if (root / ".complete").exists():
+        return False
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with open(root.with_name(root.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (root / ".complete").exists():
+            return False
+        work = root.with_name(root.name + ".building")
+        for old in (root, work):
+            if old.exists():
+                shutil.rmtree(old)
+        work.mkdir()
+        build(work)
+        work.rename(root)
+        (root / ".complete").touch()
+        return True
 
 
 def link_into(src: Path, folder: Path, name: str) -> Path:

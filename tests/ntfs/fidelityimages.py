@@ -95,7 +95,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import json
 import logging
@@ -113,7 +112,7 @@ from typing import Any, ClassVar
 
 import pyfwnt
 
-from tests.images import cache_dir, run
+from tests.images import build_once, cache_dir, run
 from tests.ntfs.ntfsimages import (
     CLUSTER,
     GIB,
@@ -1276,20 +1275,9 @@ def build_fidelity_image(root: Path) -> FidelityImage:
     Concurrent callers wait on a lock; the volume is built in a sibling folder and renamed.
     """
     root = Path(root)
-    if not (root / ".complete").exists():
-        root.parent.mkdir(parents=True, exist_ok=True)
-        with open(root.with_name(root.name + ".lock"), "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            if not (root / ".complete").exists():
-                work = root.with_name(root.name + ".building")
-                for old in (root, work):
-                    if old.exists():
-                        shutil.rmtree(old)
-                work.mkdir()
-                timings = _build(work)
-                work.rename(root)
-                (root / ".complete").touch()
-                log.info("fidelity image built in %.1f s: %s", sum(timings.values()), timings)
+    timings: dict[str, float] = {}
+    if build_once(root, lambda work: timings.update(_build(work))):
+        log.info("fidelity image built in %.1f s: %s", sum(timings.values()), timings)
     manifest = json.loads((root / "manifest.json").read_text(encoding="utf-8"))
     return FidelityImage(path=root / "volume.img", manifest=manifest)
 

@@ -50,14 +50,12 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
-import fcntl
 import functools
 import hashlib
 import json
 import logging
 import os
 import random
-import shutil
 import stat
 import struct
 import subprocess
@@ -67,7 +65,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from tests.images import cache_dir, run
+from tests.images import build_once, cache_dir, run
 
 __all__ = [
     "MANIFEST_EXCLUDED",
@@ -892,21 +890,8 @@ def build_ntfs_image(root: Path) -> NtfsImage:
     """
     root = Path(root)
     img = NtfsImage(path=root / "volume.img", manifest_path=root / "manifest.json", root=root)
-    if (root / ".complete").exists():
-        return img
-    root.parent.mkdir(parents=True, exist_ok=True)
-    with open(root.with_name(root.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if (root / ".complete").exists():
-            return img
-        work = root.with_name(root.name + ".building")
-        for old in (root, work):
-            if old.exists():
-                shutil.rmtree(old)
-        work.mkdir()
-        timings = _build(work, img)
-        work.rename(root)
-        (root / ".complete").touch()
+    timings: dict[str, float] = {}
+    if build_once(root, lambda work: timings.update(_build(work, img))):
         log.info("ntfs image built in %.1f s: %s", sum(timings.values()), timings)
     return img
 
