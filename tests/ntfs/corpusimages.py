@@ -499,7 +499,9 @@ def _build(work: Path, r: CorpusRecipe) -> None:
         str(HEAD // SECTOR), "-H", "255", "-S", "63", volume)  # fmt: skip
     if not r.tiny_files:
         big = work / "video.host"
-        big.write_bytes(rng.randbytes(r.big_file))
+        with open(big, "wb") as f:
+            for at in range(0, r.big_file, 64 * MIB):
+                f.write(rng.randbytes(min(64 * MIB, r.big_file - at)))
         run("ntfscp", volume, big, "video.mp4")
         big.unlink()
     lap("mkntfs+ntfscp")
