@@ -38,11 +38,13 @@ file's hash and the recipe; ntfs-3g writes at about 23 MB/s here, so "system" ta
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
 import json
 import math
 import os
 import random
+import shutil
 import subprocess
 import tempfile
 import time
@@ -156,9 +158,27 @@ def corpus_dir(recipe: CorpusRecipe) -> Path:
 def build_corpus(recipe: CorpusRecipe) -> Corpus:
     """Build (once, cached) the corpus of ``recipe``; see the module doc."""
     root = corpus_dir(recipe)
-    build_once(root, lambda work: _build(work, recipe))
+    if build_once(root, lambda work: _build(work, recipe)):
+        _remove_other_versions(root, f"corpus-{recipe.name}-")
     facts = json.loads((root / "corpus.json").read_text())
     return Corpus(root, recipe, facts)
+
+
+def _remove_other_versions(keep: Path, prefix: str) -> None:
+    """Corpora of other versions of this file: gigabytes each, never used again."""
+    for lock_path in keep.parent.glob(prefix + "*.lock"):
+        folder = lock_path.with_name(lock_path.name.removesuffix(".lock"))
+        if folder == keep:
+            continue
+        with open(lock_path, "a") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # being built or read by another run right now
+            for old in (folder, folder.with_name(folder.name + ".building")):
+                if old.exists():
+                    shutil.rmtree(old)
+            lock_path.unlink()
 
 
 # --- contents ----------------------------------------------------------------------------------
