@@ -11,11 +11,11 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from . import compressed, disk, mount, ntfs, requests, vsphere
+from . import compressed, corpus, disk, mount, ntfs, requests, vsphere
 from .harness import Verbs
 
 #: the benchmark modules, in the order of ``--help`` and of the tables
-BENCHMARKS: tuple[ModuleType, ...] = (disk, ntfs, mount, vsphere, requests, compressed)
+BENCHMARKS: tuple[ModuleType, ...] = (disk, ntfs, mount, corpus, vsphere, requests, compressed)
 
 TABLES_DOC = """\
     scripts/bench tables FILE.json [FILE.json ...]

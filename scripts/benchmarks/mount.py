@@ -175,8 +175,17 @@ class VcbfsSide(MountSide):
 
     name = "vcbfs"
 
-    def __init__(self, vmx: Path, mnt: Path, inside: str = "letters/F") -> None:
+    def __init__(
+        self,
+        vmx: Path,
+        mnt: Path,
+        inside: str = "letters/F",
+        name: str = "vcbfs",
+        options: Sequence[str] = (),
+    ) -> None:
         self.exe = vcbfs_command()
+        self.name = name
+        self.options = list(options)
         self.vmx = vmx
         self.mnt = mnt
         self.inside = inside
@@ -188,7 +197,7 @@ class VcbfsSide(MountSide):
     def mounted(self) -> Iterator[Mounted]:
         from vcbfs.cli.mount import _pidfile
 
-        run([self.exe, "mount", self.vmx, self.mnt], stdin=subprocess.DEVNULL)
+        run([self.exe, "mount", *self.options, self.vmx, self.mnt], stdin=subprocess.DEVNULL)
         try:
             pid = int(_pidfile(str(self.mnt)).read_text())
             yield Mounted(self.mnt / self.inside, pid)

@@ -24,8 +24,8 @@ About 105,000 entries and 4 GB of data.  ``RECIPES["million"]`` is the other ext
 at 1/100 of its counts and sizes, for the test suite.
 
 Each corpus comes as the bare volume (``volume.img``, what ntfs-3g reads) and as three VMs
-with the same guest: ``flat/`` (a monolithicFlat VMDK whose extents are an MBR head and the
-volume file itself), ``sparse/`` (qemu-img's monolithicSparse) and ``chain/`` (a sparse delta
+with the same guest: ``flat/`` (a flat VMDK whose extents are an MBR head and the volume
+file itself), ``sparse/`` (qemu-img's monolithicSparse) and ``chain/`` (a sparse delta
 over a flat base, as a VM with a user snapshot has: the base holds the volume before the last
 tenth of the files was written and some were changed or deleted; the delta holds the rest).
 The SYSTEM hive maps C: to the volume, so ``letters/C`` works.  ``corpus.json`` records what
@@ -421,17 +421,21 @@ def _mbr_head(path: Path, volume_size: int) -> None:
 
 
 def _flat_vm(folder: Path, head: Path, volume: Path, size: int) -> Path:
-    """A monolithicFlat disk over the head and the volume (hard-linked beside it) and its .vmx."""
+    """A flat disk over the head and the volume (hard-linked beside it) and its .vmx."""
     folder.mkdir()
     os.link(head, folder / "disk-head.bin")
     os.link(volume, folder / "disk-volume.bin")
     disk = folder / "disk.vmdk"
+    # libvmdk (vmdkmount, the benchmark's peer) refuses createType monolithicFlat, ignores an
+    # extent's offset (so 2 GiB pieces of one file cannot be named) and needs the section
+    # comments; vcbfs reads any of these.
     disk.write_text(
         "# Disk DescriptorFile\nversion=1\nCID=c0b5c0b5\nparentCID=ffffffff\n"
-        'createType="monolithicFlat"\n'
+        'createType="twoGbMaxExtentFlat"\n\n# Extent description\n'
         f'RW {HEAD // SECTOR} FLAT "disk-head.bin" 0\n'
-        f'RW {size // SECTOR} FLAT "disk-volume.bin" 0\n'
-        'ddb.adapterType = "lsilogic"\n'
+        f'RW {size // SECTOR} FLAT "disk-volume.bin" 0\n\n'
+        "# The Disk Data Base\n#DDB\n\n"
+        'ddb.virtualHWVersion = "14"\nddb.adapterType = "lsilogic"\n'
     )
     _vmx(folder, disk.name)
     return disk
