@@ -9,6 +9,7 @@ it leaves the mount in place, dead, as borg does: readers get ENOTCONN, not an e
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -58,6 +59,9 @@ async def _watch_signals(cancel: trio.CancelScope) -> None:
             return
 
 
+GC_YOUNG = 100_000
+
+
 def serve(
     tree: Tree | VmFolder,
     mountpoint: str,
@@ -79,6 +83,11 @@ def serve(
     With ``request_profile`` (a file name), requests are counted and timed, and the table is
     written there as JSON when the mount ends.
     """
+    # A server allocates a few objects per request and keeps caches of long-lived ones: with
+    # the default threshold (700), the young generation is collected every few requests and
+    # the old one, which holds the caches, again and again.  Measured on a 57,000-file tar:
+    # 550 collections, 0.7 s, 6 % of the wall time; with these, 4 collections.
+    gc.set_threshold(GC_YOUNG, 50, 1000)
     profile = RequestProfile() if request_profile is not None else None
     ops = Operations(tree, uid=uid, gid=gid, profile=profile)
     try:
