@@ -280,3 +280,33 @@ def test_long_lived_structures_are_held_while_their_owner_lives() -> None:
     gc.collect()
     cache.put(99, b"x" * 100)  # the next operation takes the finalized hold off
     assert budget.held == 200 == budget.reserved
+
+
+def test_a_cache_empties_when_its_owner_goes() -> None:
+    class Owner:
+        pass
+
+    budget = Budget(10_000)
+    owner = Owner()
+    cache: LRU[int, bytes] = LRU(5000, len, budget=budget).owned_by(owner)
+    other: LRU[int, bytes] = LRU(5000, len, budget=budget)
+    for i in range(10):
+        cache.put(i, b"x" * 100)
+    other.put(0, b"y" * 100)
+    assert budget.used == 1100
+    del owner  # no cycle: gone at once, emptied at the budget's next step
+    other.put(1, b"y" * 100)
+    assert budget.used == 200 == other.weight and len(cache) == 0
+
+
+def test_a_closed_compressed_file_gives_its_decoded_units_back(ntfs_image: NtfsImage) -> None:
+    """An open file's decoded units serve its own reads; once the file is dropped, nothing can
+    ask for them again, so they leave the budget rather than wait for its eviction."""
+    vol = NtfsVolume(LocalSource(ntfs_image.path))
+    number = vol.lookup(ntfs_image.compressed_text)
+    before = BUDGET.stats()["used"]
+    stream = vol.open(number)
+    stream.read_at(0, stream.size)
+    assert BUDGET.stats()["used"] - before >= 1 << 20  # its units, 1 MiB decoded
+    del stream
+    assert BUDGET.stats()["used"] - before < 64 << 10

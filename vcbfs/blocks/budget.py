@@ -149,6 +149,7 @@ class Budget:
         self.reserved = 0  # bytes held outside the caches (reserve, hold)
         self.held = 0  # of which held by long-lived structures (hold)
         self._returned: list[int] = []  # holds whose owner is gone, not yet subtracted
+        self._orphans: list[LRU[Any, Any]] = []  # caches whose owner is gone, not yet emptied
         self.evictions = 0
 
     def configure(self, capacity: int, origin: str = "explicit") -> bool:
@@ -181,11 +182,18 @@ class Budget:
             n = self._returned.pop()
             self.held -= n
             self.reserved -= n
+        while self._orphans:
+            self._orphans.pop()._empty()
         order = self._order
         while self.used + self.reserved > self.capacity and order:
             entry = next(iter(order))
             entry.lru._evicted(entry)
             self.evictions += 1
+
+    def orphan(self, lru: LRU[Any, Any]) -> None:
+        """``lru``'s owner is gone: empty it at the next eviction.  Lock-free (a list append),
+        since it runs from a finalizer, which a GC may run while this thread holds the lock."""
+        self._orphans.append(lru)
 
     # -- outside the caches ------------------------------------------------------------------
 

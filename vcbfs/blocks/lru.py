@@ -9,6 +9,7 @@ oldest values, past the budget the oldest value of any cache goes.
 
 from __future__ import annotations
 
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Generic, TypeVar
@@ -92,10 +93,24 @@ class LRU(Generic[K, V]):
 
     def clear(self) -> None:
         with self._lock:
-            for entry in self._items.values():
-                self.budget._remove(entry)
-            self._items.clear()
-            self._weight = 0
+            self._empty()
+
+    def _empty(self) -> None:
+        """Drop every entry (lock held)."""
+        for entry in self._items.values():
+            self.budget._remove(entry)
+        self._items.clear()
+        self._weight = 0
+
+    def owned_by(self, owner: object) -> LRU[K, V]:
+        """Empty this cache once ``owner`` is gone (returns the cache, for chaining).
+
+        For a cache kept by a short-lived object (an open file's decoded units): the budget
+        keeps every entry in its own order, so without this a closed file's entries, which
+        nothing can ask for again, would stay until the whole budget's eviction reached them.
+        """
+        weakref.finalize(owner, self.budget.orphan, self)
+        return self
 
     @property
     def weight(self) -> int:
