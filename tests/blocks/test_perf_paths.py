@@ -8,6 +8,7 @@ which can answer from memory (holes, zero extents, cached blocks, the page cache
 from __future__ import annotations
 
 import errno
+import os
 import random
 from pathlib import Path
 
@@ -16,10 +17,13 @@ import pytest
 from tests.blocks.test_chain import flat_zero_flat
 from tests.memsource import MemoryLocation, MemorySource
 from vcbfs.blocks import local as local_mod
+from vcbfs.blocks import pagecache
 from vcbfs.blocks.cache import CachedSource
 from vcbfs.blocks.local import LocalSource
 from vcbfs.blocks.source import ZERO_CHUNK, Buffer, ByteSource, SliceSource, ZeroSource, zeros
 from vcbfs.blocks.vmdk.disk import open_disk
+
+MIB = 1 << 20
 
 
 class InMemory(MemorySource):
@@ -210,3 +214,46 @@ def test_zero_views_are_readonly_and_unchanged(size: int) -> None:
     with pytest.raises(TypeError):
         z[0] = 1  # type: ignore[index]
     assert not any(bytes(zeros(ZERO_CHUNK)))
+
+
+def _mappings_of(path: Path) -> int:
+    return Path("/proc/self/maps").read_text().count(str(path))
+
+
+@pytest.mark.skipif(not pagecache.probe(), reason="no cachestat(2) on this kernel")
+def test_large_cached_reads_are_views_of_the_page_cache(tmp_path: Path) -> None:
+    """A read of at least MAP_MIN bytes that the page cache holds is a view of a mapping of
+    them (the reply then copies once), equal to read_at, unmapped when dropped; a range with
+    pages missing is never mapped (the event loop would wait on the disk)."""
+    data = random.Random(2).randbytes(4 << 20)
+    p = tmp_path / "f.bin"
+    p.write_bytes(data)
+    with LocalSource(p) as src:
+        src.read_at(0, len(data))
+        got = same(src, 12_345, 1 << 20)
+        assert isinstance(got, memoryview) and got.readonly
+        assert _mappings_of(p) == 1
+        del got
+        assert _mappings_of(p) == 0
+        small = src.try_read_at(4096, pagecache.MAP_MIN - 1)
+        assert small is not None and not isinstance(small, memoryview)  # copied: cheaper
+
+        os.fsync(src._fd)
+        os.posix_fadvise(src._fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.posix_fadvise(src._fd, 0, 0, os.POSIX_FADV_RANDOM)  # no readahead past a read
+        src.read_at(0, MIB)
+        if not src._mapper.cached(0, MIB) or src._mapper.cached(2 * MIB, MIB):
+            pytest.skip("this file system keeps pages other than the ones read")
+        assert src._mapper.view(MIB - 65536, MIB) is None  # ends in pages not cached
+        assert same(src, MIB - 65536, MIB) is None  # nor does preadv answer: a thread reads
+        assert bytes(src._mapper.view(4096, MIB - 4096) or b"") == data[4096:MIB]
+
+
+def test_page_cache_views_turn_off_where_the_kernel_refuses(tmp_path: Path) -> None:
+    p = tmp_path / "f.bin"
+    p.write_bytes(b"q" * (1 << 20))
+    with LocalSource(p) as src:
+        src._mapper.fd = -1  # cachestat fails with EBADF, as on a kernel without it
+        assert src._mapper.view(0, 1 << 20) is None
+        assert not src._mapper.enabled
+        assert same(src, 0, 1 << 20) is not None or not src._nowait  # preadv still answers

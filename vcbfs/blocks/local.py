@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from vcbfs.blocks.confine import Box, open_file
+from vcbfs.blocks.pagecache import Mapper
 from vcbfs.blocks.source import Buffer, ByteSource, Location, Span
 from vcbfs.errors import ReadError
 
@@ -35,6 +36,7 @@ class LocalSource(ByteSource):
             os.close(self._fd)
             raise
         self._nowait = bool(_RWF_NOWAIT)  # cleared if the file system refuses RWF_NOWAIT
+        self._mapper = Mapper(self._fd)
 
     def _read(self, offset: int, n: int) -> bytes:
         try:
@@ -54,9 +56,14 @@ class LocalSource(ByteSource):
             raise ReadError(exc.strerror or str(exc), source=self.name, offset=offset) from None
 
     def _try_read(self, offset: int, n: int) -> Buffer | None:
-        """The bytes if the page cache holds all of them (``preadv`` with ``RWF_NOWAIT``)."""
+        """The bytes if the page cache holds all of them: a large read as a view of them
+        (``pagecache``), a small one copied (``preadv`` with ``RWF_NOWAIT``, which also starts
+        the kernel's readahead of what is missing)."""
         if not self._nowait:
             return None
+        view = self._mapper.view(offset, n)
+        if view is not None:
+            return view
         buf = bytearray(n)
         try:
             got = os.preadv(self._fd, (buf,), offset, _RWF_NOWAIT)
