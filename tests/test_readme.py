@@ -837,6 +837,10 @@ PARSED = {
     "scripts/bench compressed": "20 MiB four ways through two mounts, best of 5: minutes",
     "scripts/bench requests": "starts three FUSE servers and times thousands of opens",
     "scripts/bench vsphere": "a 512 MiB disk over vcsim's HTTPS, fresh mount per run: minutes",
+    "scripts/bench corpus": "mounts seven servers side by side over a guest-shaped corpus",
+    "scripts/bench corpus --repeat 3": "seven sides over a 114,000-entry volume: half an hour",
+    "scripts/bench corpus --corpus million": "as scripts/bench corpus, on 1,000,000 files",
+    "scripts/bench corpus --json FILE": "as scripts/bench corpus, results also as JSON",
 }
 
 #: a span naming a file of this repository (must exist)
@@ -860,6 +864,13 @@ EXCUSED = {
         "scripts/autofs/mount.vcbfs as mount(8) would"
     ),
     "--delete": "rsync's option (a mirror an empty mount would wipe), not vcbfs's",
+    "--json": "scripts/benchmarks' option, on every benchmark: tests/test_bench.py uses it",
+    "--request-profile FILE": (
+        "tests/fs/test_mount.py mounts with it and checks the JSON it writes at unmount"
+    ),
+    "scripts/bench tables FILE.json": (
+        "tests/test_bench.py runs it on the JSON of a real run of scripts/bench corpus (mini)"
+    ),
 }
 
 
