@@ -330,7 +330,9 @@ class _Clone:
     def enter(self, clone: subprocess.Popen[bytes], *args: str) -> subprocess.CompletedProcess[str]:
         """``vcbfs ARGS`` inside the running clone (its machine id, PIDs and mounts)."""
         init = Path(f"/proc/{clone.pid}/task/{clone.pid}/children").read_text().split()[0]
-        nsenter = ["nsenter", "-t", init, "-m", "-u", "-p"]
+        # -r -w: the target's root and directory (the same on a machine; in a chroot, the
+        # mount namespace alone would land at the host's root)
+        nsenter = ["nsenter", "-t", init, "-m", "-u", "-p", "-r", "-w"]
         return self._checked([*nsenter, sys.executable, "-m", "vcbfs", *args])
 
     def _checked(self, argv: list[str]) -> subprocess.CompletedProcess[str]:
