@@ -282,21 +282,33 @@ def test_long_lived_structures_are_held_while_their_owner_lives() -> None:
     assert budget.held == 200 == budget.reserved
 
 
-def test_a_cache_empties_when_its_owner_goes() -> None:
-    class Owner:
-        pass
-
+def test_a_dropped_cache_gives_its_entries_back() -> None:
+    """The budget's order names caches weakly: a cache nothing else holds is finalized, and
+    its entries leave the budget at its next step, not when the eviction reaches them."""
     budget = Budget(10_000)
-    owner = Owner()
-    cache: LRU[int, bytes] = LRU(5000, len, budget=budget).owned_by(owner)
+    cache: LRU[int, bytes] = LRU(5000, len, budget=budget)
     other: LRU[int, bytes] = LRU(5000, len, budget=budget)
     for i in range(10):
         cache.put(i, b"x" * 100)
     other.put(0, b"y" * 100)
     assert budget.used == 1100
-    del owner  # no cycle: gone at once, emptied at the budget's next step
+    del cache  # no cycle: finalized at once, taken off at the budget's next step
     other.put(1, b"y" * 100)
-    assert budget.used == 200 == other.weight and len(cache) == 0
+    assert budget.used == 200 == other.weight and len(budget._order) == 2
+
+
+def test_an_entry_of_a_dropped_cache_met_by_the_eviction_is_taken_off() -> None:
+    budget = Budget(1000)
+    cache: LRU[int, bytes] = LRU(5000, len, budget=budget)
+    cache.put(0, b"x" * 600)
+    entries = cache._items  # as a finalizer not yet run would leave them
+    budget._orphans.clear()
+    cache._ref = lambda: None  # type: ignore[assignment]
+    for e in entries.values():
+        e.lru = cache._ref  # type: ignore[assignment]
+    other: LRU[int, bytes] = LRU(5000, len, budget=budget)
+    other.put(0, b"y" * 600)  # over budget: the oldest entry's cache is "gone"
+    assert budget.used == 600 == other.weight
 
 
 def test_a_closed_compressed_file_gives_its_decoded_units_back(ntfs_image: NtfsImage) -> None:

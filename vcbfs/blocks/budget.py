@@ -110,11 +110,15 @@ def format_size(n: int) -> str:
 
 
 class _Entry:
-    """One cached value: in its LRU's map and in the budget's global order."""
+    """One cached value: in its LRU's map and in the budget's global order.
+
+    It names its LRU weakly, so that the budget's order never keeps a cache alive: a cache its
+    owner dropped (a closed file's decoded units, a released VM's grain tables) is finalized,
+    and its entries leave the budget with it rather than wait for the eviction to reach them."""
 
     __slots__ = ("key", "lru", "value", "weight")
 
-    def __init__(self, lru: LRU[Any, Any], key: Any, value: Any, weight: int) -> None:
+    def __init__(self, lru: weakref.ref[LRU[Any, Any]], key: Any, value: Any, weight: int) -> None:
         self.lru = lru
         self.key = key
         self.value = value
@@ -149,7 +153,7 @@ class Budget:
         self.reserved = 0  # bytes held outside the caches (reserve, hold)
         self.held = 0  # of which held by long-lived structures (hold)
         self._returned: list[int] = []  # holds whose owner is gone, not yet subtracted
-        self._orphans: list[LRU[Any, Any]] = []  # caches whose owner is gone, not yet emptied
+        self._orphans: list[dict[Any, _Entry]] = []  # entries of caches gone, not yet taken off
         self.evictions = 0
 
     def configure(self, capacity: int, origin: str = "explicit") -> bool:
@@ -182,18 +186,24 @@ class Budget:
             n = self._returned.pop()
             self.held -= n
             self.reserved -= n
-        while self._orphans:
-            self._orphans.pop()._empty()
         order = self._order
+        while self._orphans:
+            for entry in self._orphans.pop().values():
+                if entry in order:  # the loop below may have taken it already
+                    self._remove(entry)
         while self.used + self.reserved > self.capacity and order:
             entry = next(iter(order))
-            entry.lru._evicted(entry)
+            lru = entry.lru()
+            if lru is None:  # its cache is gone, its entries not yet taken off
+                self._remove(entry)
+            else:
+                lru._evicted(entry)
             self.evictions += 1
 
-    def orphan(self, lru: LRU[Any, Any]) -> None:
-        """``lru``'s owner is gone: empty it at the next eviction.  Lock-free (a list append),
+    def orphan(self, items: dict[Any, _Entry]) -> None:
+        """A cache is gone: take its ``items`` off at the next step.  Lock-free (a list append),
         since it runs from a finalizer, which a GC may run while this thread holds the lock."""
-        self._orphans.append(lru)
+        self._orphans.append(items)
 
     # -- outside the caches ------------------------------------------------------------------
 

@@ -44,6 +44,8 @@ class LRU(Generic[K, V]):
         self._lock = self.budget.lock
         self._items: OrderedDict[K, _Entry] = OrderedDict()
         self._weight = 0
+        self._ref = weakref.ref(self)  # what its entries name (see _Entry)
+        weakref.finalize(self, self.budget.orphan, self._items)
 
     def get(self, key: K) -> V | None:
         with self._lock:
@@ -66,7 +68,7 @@ class LRU(Generic[K, V]):
                 self._unlink(old)
                 if self._dropped is not None and old.value is not value:
                     self._dropped(key, old.value)
-            entry = _Entry(self, key, value, w)
+            entry = _Entry(self._ref, key, value, w)
             self._items[key] = entry
             self._weight += w
             while self._weight > self.capacity:
@@ -93,24 +95,10 @@ class LRU(Generic[K, V]):
 
     def clear(self) -> None:
         with self._lock:
-            self._empty()
-
-    def _empty(self) -> None:
-        """Drop every entry (lock held)."""
-        for entry in self._items.values():
-            self.budget._remove(entry)
-        self._items.clear()
-        self._weight = 0
-
-    def owned_by(self, owner: object) -> LRU[K, V]:
-        """Empty this cache once ``owner`` is gone (returns the cache, for chaining).
-
-        For a cache kept by a short-lived object (an open file's decoded units): the budget
-        keeps every entry in its own order, so without this a closed file's entries, which
-        nothing can ask for again, would stay until the whole budget's eviction reached them.
-        """
-        weakref.finalize(owner, self.budget.orphan, self)
-        return self
+            for entry in self._items.values():
+                self.budget._remove(entry)
+            self._items.clear()
+            self._weight = 0
 
     @property
     def weight(self) -> int:

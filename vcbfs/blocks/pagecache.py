@@ -89,7 +89,7 @@ class Mapper:
 
 
 def probe() -> bool:
-    """Whether this kernel answers ``cachestat`` (for tests and ``disk info``)."""
+    """Whether this kernel answers ``cachestat`` (for the tests)."""
     if _SYSCALL is None:
         return False
     fd = os.open("/proc/self/exe", os.O_RDONLY)

@@ -88,7 +88,7 @@ class AttributeStream(ByteSource):
                     source=name,
                 )
             self.unit = (1 << first.compression_unit) * cs
-            self._units: LRU[int, bytes] = LRU(UNIT_CACHE_BYTES, weigh_bytes).owned_by(self)
+            self._units: LRU[int, bytes] = LRU(UNIT_CACHE_BYTES, weigh_bytes)
         elif first.compressed:
             raise UnsupportedError("compressed attribute without a compression unit", source=name)
 

@@ -106,8 +106,8 @@ class WofStream(ByteSource):
                 source=name,
             )
         self.data_size = raw.size - self.table
-        self._pages: LRU[int, tuple[int, ...]] = LRU(64 * PAGE_WEIGHT, _weigh_page).owned_by(self)
-        self._chunks: LRU[int, bytes] = LRU(CHUNK_CACHE_BYTES, weigh_bytes).owned_by(self)
+        self._pages: LRU[int, tuple[int, ...]] = LRU(64 * PAGE_WEIGHT, _weigh_page)
+        self._chunks: LRU[int, bytes] = LRU(CHUNK_CACHE_BYTES, weigh_bytes)
 
     def _end(self, i: int) -> int:
         """Where chunk ``i`` ends, relative to the table's end."""
